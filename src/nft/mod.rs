@@ -1,0 +1,6 @@
+//! The nftables ruleset as data: model, text printer, and diff into a transaction.
+
+pub mod diff;
+pub mod model;
+pub mod text;
+pub mod transaction;
