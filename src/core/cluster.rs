@@ -70,12 +70,7 @@ impl Labels {
     pub fn with(&self, key: impl Into<Str>, value: impl Into<Str>) -> Self {
         let key = key.into();
         let value = value.into();
-        Labels::new(
-            self.0
-                .iter()
-                .cloned()
-                .chain(std::iter::once((key, value))),
-        )
+        Labels::new(self.0.iter().cloned().chain(std::iter::once((key, value))))
     }
 }
 

@@ -75,7 +75,9 @@ impl Selector {
     }
 
     /// `matchLabels`-style selector.
-    pub fn from_labels<K: Into<Str>, V: Into<Str>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn from_labels<K: Into<Str>, V: Into<Str>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         Selector::new(pairs.into_iter().map(|(k, v)| Requirement {
             key: k.into(),
             operator: Operator::In,
@@ -107,7 +109,13 @@ impl fmt::Display for Selector {
             if i > 0 {
                 f.write_str(",")?;
             }
-            let values = || r.values.iter().map(|v| v.as_ref()).collect::<Vec<_>>().join(",");
+            let values = || {
+                r.values
+                    .iter()
+                    .map(|v| v.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             match r.operator {
                 Operator::In if r.values.len() == 1 => write!(f, "{}={}", r.key, values())?,
                 Operator::In => write!(f, "{} in ({})", r.key, values())?,
@@ -175,8 +183,14 @@ mod tests {
 
     #[test]
     fn equal_selectors_in_any_order_compare_equal() {
-        let a = Selector::new([req("b", Operator::Exists, &[]), req("a", Operator::In, &["x"])]);
-        let b = Selector::new([req("a", Operator::In, &["x"]), req("b", Operator::Exists, &[])]);
+        let a = Selector::new([
+            req("b", Operator::Exists, &[]),
+            req("a", Operator::In, &["x"]),
+        ]);
+        let b = Selector::new([
+            req("a", Operator::In, &["x"]),
+            req("b", Operator::Exists, &[]),
+        ]);
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "a=x,b");
     }

@@ -75,7 +75,9 @@ pub enum Hook {
     Postrouting,
     /// The inet `ingress` hook on one device (kernel 5.10+): sees packets as they arrive on
     /// that interface, before bridging or routing. Used for anti-spoofing on pod veths.
-    Ingress { device: String },
+    Ingress {
+        device: String,
+    },
 }
 
 impl Hook {
@@ -178,7 +180,10 @@ pub enum Action {
     Verdict(Verdict),
     /// `key vmap @map`: look the key up in a verdict map and apply the verdict found; no
     /// match continues with the next rule.
-    VMap { key: Vec<Field>, map: Name },
+    VMap {
+        key: Vec<Field>,
+        map: Name,
+    },
 }
 
 /// A verdict, as a rule action or as the data of a verdict map element.
@@ -239,9 +244,17 @@ pub enum Match {
     /// `ct state <states>`: conntrack state is one of the given ones.
     CtState(CtStates),
     /// `<field> <value>` or `<field> != <value>`.
-    Cmp { field: Field, negate: bool, value: KeyPart },
+    Cmp {
+        field: Field,
+        negate: bool,
+        value: KeyPart,
+    },
     /// `<f1> . <f2> ... [!=] @set` or with an anonymous set `{ ... }`.
-    Lookup { key: Vec<Field>, set: SetRef, negate: bool },
+    Lookup {
+        key: Vec<Field>,
+        set: SetRef,
+        negate: bool,
+    },
 }
 
 /// Conntrack states as a bit set, in the kernel's bit order.

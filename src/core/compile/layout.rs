@@ -1,0 +1,318 @@
+//! The fixed shape of nftpol's table: base chains, dispatch maps, allow maps and the names of
+//! everything the compiler creates.
+//!
+//! Keeping every name and every fixed object in one place is what lets a reader of
+//! `nft list ruleset` map each line back to this file (and ARCHITECTURE.md).
+
+use std::net::IpAddr;
+
+use crate::core::policy::Direction;
+use crate::nft::model::{
+    Action, AnonSet, BaseChain, Chain, ChainPolicy, CtStates, Field, Hook, Key, KeyPart, KeyType,
+    Match, NAME_MAX, Name, Rule, Set, SetRef, Verdict, icmpv6,
+};
+
+/// IP family of an address, a map or a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
+        }
+    }
+
+    pub fn saddr(self) -> Field {
+        match self {
+            Family::V4 => Field::IpSaddr,
+            Family::V6 => Field::Ip6Saddr,
+        }
+    }
+
+    pub fn daddr(self) -> Field {
+        match self {
+            Family::V4 => Field::IpDaddr,
+            Family::V6 => Field::Ip6Daddr,
+        }
+    }
+
+    pub fn addr_type(self) -> KeyType {
+        match self {
+            Family::V4 => KeyType::Ipv4Addr,
+            Family::V6 => KeyType::Ipv6Addr,
+        }
+    }
+
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+}
+
+/// The field holding the local pod's address for a direction: the destination for ingress,
+/// the source for egress.
+pub fn local_field(dir: Direction, fam: Family) -> Field {
+    match dir {
+        Direction::Ingress => fam.daddr(),
+        Direction::Egress => fam.saddr(),
+    }
+}
+
+/// The field holding the peer's address for a direction.
+pub fn peer_field(dir: Direction, fam: Family) -> Field {
+    match dir {
+        Direction::Ingress => fam.saddr(),
+        Direction::Egress => fam.daddr(),
+    }
+}
+
+/// The five flattened allow maps of each direction and family (see ARCHITECTURE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AllowMap {
+    /// local . peer : pod peers, all ports (hash)
+    Peer,
+    /// local . peer . l4proto : pod peers, every port of one protocol (hash)
+    PeerProto,
+    /// local . peer . l4proto . dport : pod peers, single ports (hash)
+    PeerPort,
+    /// local . peer-range : ipBlocks and any-peer, all ports (interval)
+    Cidr,
+    /// local . peer-range . l4proto . dport-range (interval)
+    CidrPort,
+}
+
+impl AllowMap {
+    pub const ALL: [AllowMap; 5] = [
+        AllowMap::PeerPort,
+        AllowMap::PeerProto,
+        AllowMap::Peer,
+        AllowMap::Cidr,
+        AllowMap::CidrPort,
+    ];
+
+    fn tag(self) -> &'static str {
+        match self {
+            AllowMap::Peer => "peer",
+            AllowMap::PeerProto => "peer_proto",
+            AllowMap::PeerPort => "peer_port",
+            AllowMap::Cidr => "cidr",
+            AllowMap::CidrPort => "cidr_port",
+        }
+    }
+
+    pub fn interval(self) -> bool {
+        matches!(self, AllowMap::Cidr | AllowMap::CidrPort)
+    }
+
+    pub fn name(self, dir: Direction, fam: Family) -> Name {
+        format!("{}_{}_{}", dir.as_str(), self.tag(), fam.suffix()).into()
+    }
+
+    /// The fields of the lookup key, local address first.
+    pub fn key_fields(self, dir: Direction, fam: Family) -> Vec<Field> {
+        let mut f = vec![local_field(dir, fam), peer_field(dir, fam)];
+        match self {
+            AllowMap::Peer | AllowMap::Cidr => {}
+            AllowMap::PeerProto => f.push(Field::L4Proto),
+            AllowMap::PeerPort | AllowMap::CidrPort => {
+                f.push(Field::L4Proto);
+                f.push(Field::ThDport);
+            }
+        }
+        f
+    }
+
+    pub fn set(self, dir: Direction, fam: Family) -> Set {
+        let key = self
+            .key_fields(dir, fam)
+            .into_iter()
+            .map(Field::key_type)
+            .collect();
+        let set = Set::verdict_map(self.name(dir, fam), key);
+        if self.interval() {
+            set.with_interval()
+        } else {
+            set
+        }
+    }
+}
+
+/// Name of the map that dispatches packets of isolated local pods to their chains.
+pub fn dispatch_map(dir: Direction, fam: Family) -> Name {
+    format!("{}_pods_{}", dir.as_str(), fam.suffix()).into()
+}
+
+pub const FORWARD: &str = "forward";
+pub const INPUT: &str = "input";
+/// Priority of both base chains: `filter` (0). After Service DNAT (`dstnat`, -100).
+pub const FILTER_PRIORITY: i32 = 0;
+
+/// Builds a chain or set name from parts joined by `_`. Kubernetes names never contain `_`,
+/// so names stay unambiguous. A name longer than the kernel allows is cut and suffixed with a
+/// hash of the full name.
+pub fn name(parts: &[&str]) -> Name {
+    let full = parts.join("_");
+    if full.len() <= NAME_MAX {
+        return full.into();
+    }
+    let hash = format!("{:016x}", fnv1a(full.as_bytes()));
+    let mut cut = NAME_MAX - hash.len() - 1;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{}", &full[..cut], hash).into()
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free hash for name suffixes.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `ingress_<ns>_<pod>` / `egress_<ns>_<pod>`.
+pub fn pod_chain(dir: Direction, namespace: &str, pod: &str) -> Name {
+    name(&[dir.as_str(), namespace, pod])
+}
+
+/// `np_<ns>_<policy>_<direction>_<index>`: the one-rule chain of a policy rule.
+pub fn rule_chain(dir: Direction, namespace: &str, policy: &str, index: usize) -> Name {
+    name(&["np", namespace, policy, dir.as_str(), &index.to_string()])
+}
+
+/// Trims a comment to what nft accepts, marking the cut.
+pub fn comment(text: String) -> String {
+    use crate::nft::model::COMMENT_MAX;
+    if text.len() <= COMMENT_MAX {
+        return text;
+    }
+    let mut cut = COMMENT_MAX - 3;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
+
+/// The table skeleton: base chains and every global map, all empty of elements.
+pub fn skeleton(table: &str) -> crate::nft::model::Table {
+    let mut t = crate::nft::model::Table::new(table);
+    for dir in Direction::BOTH {
+        for fam in Family::BOTH {
+            let d = Set::verdict_map(dispatch_map(dir, fam), vec![fam.addr_type()]);
+            t.sets.insert(d.name.clone(), d);
+            for m in AllowMap::ALL {
+                let s = m.set(dir, fam);
+                t.sets.insert(s.name.clone(), s);
+            }
+        }
+    }
+    let forward = base_chain(
+        FORWARD,
+        Hook::Forward,
+        &[Direction::Egress, Direction::Ingress],
+    );
+    let input = base_chain(INPUT, Hook::Input, &[Direction::Egress]);
+    t.chains.insert(forward.name.clone(), forward);
+    t.chains.insert(input.name.clone(), input);
+    t
+}
+
+fn base_chain(name: &str, hook: Hook, dirs: &[Direction]) -> Chain {
+    let mut c = Chain::base(
+        name,
+        BaseChain {
+            hook,
+            priority: FILTER_PRIORITY,
+            policy: ChainPolicy::Accept,
+        },
+    );
+    c.rules.push(Rule::new(
+        vec![Match::CtState(
+            CtStates::ESTABLISHED.union(CtStates::RELATED),
+        )],
+        Action::Verdict(Verdict::Accept),
+    ));
+    c.rules.push(Rule::new(
+        vec![Match::Lookup {
+            key: vec![Field::Icmpv6Type],
+            set: SetRef::Anonymous(AnonSet {
+                interval: false,
+                elements: [
+                    icmpv6::ND_ROUTER_SOLICIT,
+                    icmpv6::ND_ROUTER_ADVERT,
+                    icmpv6::ND_NEIGHBOR_SOLICIT,
+                    icmpv6::ND_NEIGHBOR_ADVERT,
+                ]
+                .into_iter()
+                .map(|t| Key::new(vec![KeyPart::Icmpv6Type(t)]))
+                .collect(),
+            }),
+            negate: false,
+        }],
+        Action::Verdict(Verdict::Accept),
+    ));
+    for dir in dirs {
+        for fam in Family::BOTH {
+            let field = local_field(*dir, fam);
+            c.rules.push(Rule::new(
+                vec![],
+                Action::VMap {
+                    key: vec![field],
+                    map: dispatch_map(*dir, fam),
+                },
+            ));
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_cut_to_the_kernel_limit_with_a_stable_hash() {
+        let pod = "p".repeat(253);
+        let n = pod_chain(Direction::Ingress, &"n".repeat(63), &pod);
+        assert_eq!(n.len(), NAME_MAX);
+        assert!(n.starts_with("ingress_nnn"));
+        assert_eq!(n, pod_chain(Direction::Ingress, &"n".repeat(63), &pod));
+        let other = pod_chain(
+            Direction::Ingress,
+            &"n".repeat(63),
+            &format!("{}q", &pod[1..]),
+        );
+        assert_ne!(n, other, "different pods must not share a shortened name");
+    }
+
+    #[test]
+    fn short_names_are_left_alone() {
+        assert_eq!(
+            &*pod_chain(Direction::Egress, "prod", "web-1"),
+            "egress_prod_web-1"
+        );
+        assert_eq!(
+            &*rule_chain(Direction::Ingress, "prod", "allow-web", 2),
+            "np_prod_allow-web_ingress_2"
+        );
+    }
+
+    #[test]
+    fn comments_are_trimmed_to_the_nft_limit() {
+        let c = comment("x".repeat(300));
+        assert_eq!(c.len(), crate::nft::model::COMMENT_MAX);
+        assert!(c.ends_with("..."));
+    }
+}
