@@ -3,4 +3,5 @@
 pub mod diff;
 pub mod model;
 pub mod text;
+pub mod trace;
 pub mod transaction;
