@@ -576,7 +576,7 @@ mod incremental_equals_full {
             }]),
         };
         let r = rule(Some(vec![peer]), ports);
-        if kind % 2 == 0 {
+        if kind.is_multiple_of(2) {
             p.ingress = Some(vec![r]);
         } else {
             p.egress = Some(vec![r.clone()]);
