@@ -152,6 +152,18 @@ pub fn dispatch_map(dir: Direction, fam: Family) -> Name {
 }
 
 pub const FORWARD: &str = "forward";
+/// Chains that allow a pod's traffic to itself (hairpin through a Service): "a pod cannot
+/// block access to itself".
+pub const SELF_INGRESS: &str = "self_ingress";
+pub const SELF_EGRESS: &str = "self_egress";
+
+/// The chain a pod's own address maps to in its `peer` map.
+pub fn self_chain(dir: Direction) -> Name {
+    match dir {
+        Direction::Ingress => SELF_INGRESS.into(),
+        Direction::Egress => SELF_EGRESS.into(),
+    }
+}
 pub const INPUT: &str = "input";
 /// Priority of both base chains: `filter` (0). After Service DNAT (`dstnat`, -100).
 pub const FILTER_PRIORITY: i32 = 0;
@@ -226,6 +238,18 @@ pub fn skeleton(table: &str) -> crate::nft::model::Table {
     let input = base_chain(INPUT, Hook::Input, &[Direction::Egress]);
     t.chains.insert(forward.name.clone(), forward);
     t.chains.insert(input.name.clone(), input);
+    for (dir, verdict) in [
+        (Direction::Ingress, Verdict::Accept),
+        (Direction::Egress, Verdict::Return),
+    ] {
+        let mut c = Chain::regular(self_chain(dir));
+        c.rules.push(
+            Rule::new(vec![], Action::Verdict(verdict))
+                .counted()
+                .comment("a pod can always reach itself"),
+        );
+        t.chains.insert(c.name.clone(), c);
+    }
     t
 }
 

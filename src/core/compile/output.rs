@@ -104,6 +104,9 @@ fn addr_part(ip: &IpAddr) -> KeyPart {
     }
 }
 
+/// The rank of a pod's own addresses in its allow maps.
+const SELF_RANK: u32 = 0;
+
 /// Ports of a rule after resolving what can be resolved for this pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PortSel {
@@ -234,6 +237,7 @@ impl Accumulator {
         let label = |ranks: &BTreeSet<u32>| -> String {
             let mut parts: Vec<&str> = ranks
                 .iter()
+                .filter(|r| **r != SELF_RANK)
                 .map(|r| self.ranks[*r as usize].1.as_str())
                 .collect();
             parts.dedup();
@@ -369,8 +373,17 @@ impl Compiler {
                 cidr: BTreeMap::new(),
                 cidr_port: BTreeMap::new(),
                 big_rules: Vec::new(),
-                ranks: Vec::new(),
+                // Rank 0: the pod itself, always allowed, before any policy rule.
+                ranks: vec![(layout::self_chain(dir), String::new())],
             };
+            for ip in &local {
+                acc.hash_insert(
+                    AllowMap::Peer,
+                    Family::of(ip),
+                    vec![addr_part(ip)],
+                    SELF_RANK,
+                );
+            }
             for policy in &policies {
                 for (index, rule) in policy.rules(dir).unwrap_or_default().iter().enumerate() {
                     let chain = layout::rule_chain(dir, &policy.namespace, &policy.name, index);

@@ -688,3 +688,37 @@ fn dirty_tracking_does_not_touch_unrelated_pods() {
     assert_eq!(tx.add_chains.len(), 1, "egress chain of prod/web-1: {tx:?}");
     let _ = Direction::Egress;
 }
+
+#[test]
+fn a_destination_changing_its_named_port_number_updates_egress_elements() {
+    let mut c = compiler();
+    c.upsert_pod(pod("prod", "app-1", "n1", "10.244.1.5", &[("app", "app")]));
+    let mut db = pod("prod", "db-1", "n2", "10.244.2.9", &[("app", "db")]);
+    db.named_ports = vec![NamedPort {
+        name: "pg".into(),
+        protocol: Protocol::Tcp,
+        port: 5432,
+    }];
+    c.upsert_pod(db.clone());
+    let mut p = policy("prod", "to-db", sel(&[("app", "app")]));
+    p.egress = Some(vec![rule(
+        Some(vec![from_pods("prod", sel(&[("app", "db")]))]),
+        Some(vec![Port {
+            protocol: Protocol::Tcp,
+            port: PortMatch::Named("pg".into()),
+        }]),
+    )]);
+    c.upsert_policy(p);
+    c.commit();
+    db.named_ports[0].port = 6432;
+    c.upsert_pod(db);
+    let tx = c.commit();
+    assert_eq!(
+        (tx.stats().elements_deleted, tx.stats().elements_added),
+        (1, 1)
+    );
+    assert_eq!(
+        elements(&c, "egress_peer_port_v4")[0].0[3],
+        KeyPart::Port(6432)
+    );
+}
