@@ -84,7 +84,7 @@ fn dataplane(c: &Cluster, tables: &BTreeMap<String, Table>, probe: &Probe) -> Re
     {
         // Traffic from a node's own address leaves through its output hook, which nftpol
         // does not filter; everything else arriving for a pod is forwarded.
-        if !(src_home.as_ref() == Some(n) && !src_pod) {
+        if src_home.as_ref() != Some(n) || src_pod {
             hops.push((n.clone(), TraceHook::Forward));
         }
     }

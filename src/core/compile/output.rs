@@ -237,7 +237,6 @@ impl Accumulator {
         let label = |ranks: &BTreeSet<u32>| -> String {
             let mut parts: Vec<&str> = ranks
                 .iter()
-                .filter(|r| **r != SELF_RANK)
                 .map(|r| self.ranks[*r as usize].1.as_str())
                 .collect();
             parts.dedup();
@@ -374,7 +373,7 @@ impl Compiler {
                 cidr_port: BTreeMap::new(),
                 big_rules: Vec::new(),
                 // Rank 0: the pod itself, always allowed, before any policy rule.
-                ranks: vec![(layout::self_chain(dir), String::new())],
+                ranks: vec![(layout::self_chain(dir), "itself".to_string())],
             };
             for ip in &local {
                 acc.hash_insert(
