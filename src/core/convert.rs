@@ -905,11 +905,28 @@ impl<'a> Ctx<'a> {
         ConvertError {
             kind: self.kind,
             // Names are shown as written; control characters must not reach a terminal.
-            object: object.escape_debug().to_string(),
+            object: printable(&object).into_owned(),
             field: path.to_string(),
             problem,
         }
     }
+}
+
+/// `s` with control characters escaped (`\n`, `\u{1b}`), everything else as written: names
+/// and keys from the input are shown to users, but must not drive their terminal.
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A field path built on the stack while walking an object; rendered only for errors.
@@ -965,7 +982,7 @@ impl fmt::Display for Path<'_> {
             Segment::Field(name) if self.parent.is_some() => write!(f, ".{name}"),
             Segment::Field(name) => f.write_str(name),
             Segment::Index(i) => write!(f, "[{i}]"),
-            Segment::Key(k) => write!(f, "[{}]", k.escape_debug()),
+            Segment::Key(k) => write!(f, "[{}]", printable(k)),
         }
     }
 }
