@@ -279,4 +279,51 @@ mod tests {
         let (docs, _) = parse(" \n", Format::Json);
         assert!(docs[0].as_ref().unwrap().value.is_none());
     }
+
+    mod no_panic {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Lines built from YAML's troublemakers: markers, directives, comments, block
+        /// scalars, flow collections, bad indentation, tabs, quotes, non-ASCII.
+        fn yamlish() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                Just("---".to_string()),
+                Just("--- |".to_string()),
+                Just("...".to_string()),
+                Just("%YAML 1.2".to_string()),
+                Just("# c".to_string()),
+                Just("a: 1".to_string()),
+                Just("  b: [1, {c: d}]".to_string()),
+                Just(" x: \"open".to_string()),
+                Just("- - -".to_string()),
+                Just("\t: é\r".to_string()),
+                Just("&a [*a]".to_string()),
+                "[ -~]{0,10}",
+            ];
+            proptest::collection::vec(line, 0..12).prop_map(|l| l.join("\n"))
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_splits_and_parses_without_panicking(text in yamlish()) {
+                let lines = text.lines().count() as u64 + 1;
+                let (docs, count) = parse(&text, Format::Yaml);
+                prop_assert_eq!(docs.len(), count);
+                for (i, doc) in docs.iter().enumerate() {
+                    match doc {
+                        Ok(d) => prop_assert_eq!(d.number, i + 1),
+                        Err(e) => {
+                            prop_assert_eq!(e.document, i + 1);
+                            if let Some((line, _)) = e.position {
+                                prop_assert!(line >= 1 && line <= lines, "{e:?} in {lines} lines");
+                            }
+                        }
+                    }
+                }
+                let (json, _) = parse(&text, Format::Json);
+                prop_assert_eq!(json.len(), 1);
+            }
+        }
+    }
 }
