@@ -962,6 +962,79 @@ impl Cluster {
         v
     }
 
+    /// A readable description of the topology: namespaces, addresses, pods, hosts, Services.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "cluster {} ({} nodes, {})",
+            self.base,
+            self.nodes.len(),
+            if self.dual_stack {
+                "dual-stack"
+            } else {
+                "IPv4"
+            }
+        );
+        let _ = writeln!(s, "  underlay: netns {} (bridge br0)", self.underlay.name());
+        let pods = self.pods();
+        let join = |ips: &[IpAddr]| {
+            ips.iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for node in &self.nodes {
+            let mut cidrs = node.pod_cidr_v4.to_string();
+            if let Some(v6) = node.pod_cidr_v6 {
+                let _ = write!(cidrs, " {v6}");
+            }
+            let _ = writeln!(
+                s,
+                "  {}: netns {}, eth0 {}, pods {cidrs} on {BRIDGE}",
+                node.name,
+                node.netns.name(),
+                join(&node.ips()),
+            );
+            for pod in pods.iter().filter(|p| p.node() == node.index) {
+                let _ = writeln!(
+                    s,
+                    "    pod {}: netns {}, {} (host veth {})",
+                    pod.key(),
+                    pod.netns.name(),
+                    join(&pod.ips),
+                    pod.host_veth
+                );
+            }
+        }
+        for host in self.hosts() {
+            let mut ips = vec![IpAddr::V4(host.ipv4)];
+            ips.extend(host.ipv6.map(IpAddr::V6));
+            let _ = writeln!(
+                s,
+                "  host {}: netns {}, eth0 {}",
+                host.name,
+                host.netns.name(),
+                join(&ips)
+            );
+        }
+        for svc in self.services() {
+            let backends = svc
+                .backends
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                s,
+                "  service {}: {} {} port {} -> {backends}",
+                svc.name, svc.proto, svc.cluster_ip, svc.port
+            );
+        }
+        s
+    }
+
     /// Tears everything down and reports what could not be removed (dropping the cluster
     /// does the same but can only log).
     pub fn shutdown(self) -> Result<()> {
@@ -1028,6 +1101,15 @@ fn base_seq(base: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Cluster>();
+        shareable::<Pod>();
+        shareable::<Node>();
+        shareable::<Netns>();
+    }
 
     #[test]
     fn address_plan() {

@@ -119,14 +119,12 @@ impl Matrix {
                             .stack_size(256 * 1024)
                             .spawn_scoped(s, move || {
                                 let entered = match handle {
-                                    Ok(h) => netns.enter_with(h),
-                                    Err(e) => Err(crate::netns::NetnsError::Deleted {
-                                        name: format!("{} ({e})", netns.name()),
-                                    }),
+                                    Ok(h) => netns.enter_with(h).map_err(|e| e.to_string()),
+                                    Err(e) => Err(e.to_string()),
                                 };
                                 match entered {
                                     Ok(()) => probe.run_here(),
-                                    Err(e) => not_run(e.to_string()),
+                                    Err(e) => not_run(e),
                                 }
                             })
                     })

@@ -150,10 +150,7 @@ pub fn cleanup_stale(prefix: &str) -> Vec<String> {
             return Vec::new();
         }
     }
-    let stale = |name: &str| {
-        owner_pid(prefix, name)
-            .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
-    };
+    let stale = |name: &str| owner_pid(prefix, name).is_some_and(|pid| !process_alive(pid));
     let mut removed = Vec::new();
     for name in list_dir(Path::new(NETNS_DIR)) {
         if !stale(&name) {
@@ -184,6 +181,18 @@ pub fn cleanup_stale(prefix: &str) -> Vec<String> {
         tracing::info!(?removed, "removed leftovers of a crashed run");
     }
     removed
+}
+
+/// Whether `pid` is a live process (a zombie, killed but not yet reaped, is not).
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ...": comm may contain anything, so look after the last ')'.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 fn list_dir(dir: &Path) -> Vec<String> {
@@ -560,6 +569,10 @@ impl Inner {
             return Ok(());
         }
         let servers = std::mem::take(&mut *self.servers.lock().unwrap_or_else(|e| e.into_inner()));
+        // Signal all first, then wait: each loop notices within one poll interval.
+        for server in &servers {
+            server.signal_stop();
+        }
         for server in servers {
             server.stop();
         }
@@ -635,6 +648,21 @@ mod tests {
         assert!(validate_prefix("a--b").is_err());
         assert!(validate_prefix("A").is_err());
         assert!(validate_prefix("").is_err());
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not yet reaped: a zombie, as after `kill -9` of a test.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while process_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!process_alive(pid));
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! installs `table inet e2e_svc` in each node: nat chains at priority `dstnat` (-100) on
 //! prerouting (traffic from pods and other nodes) and output (traffic from the node itself),
 //! a ClusterIP:port match per Service and, like kube-proxy's nftables mode, a random choice of
-//! backend chain that does the DNAT. The table is replaced atomically on every change. It is
-//! a table of its own and never touches anyone else's.
+//! backend chain that does the DNAT. Like kube-proxy, a pod that reaches itself through its
+//! Service (hairpin) is masqueraded to the node (mark 0x4000, postrouting at `srcnat`):
+//! without that the pod would drop a packet with its own address as source. The table is
+//! replaced atomically on every change. It is a table of its own and never touches anyone
+//! else's.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +19,9 @@ use crate::traffic::Proto;
 
 /// The table the harness owns for Services (family `inet`).
 pub const SERVICE_TABLE: &str = "e2e_svc";
+
+/// The packet mark that asks for masquerade (kube-proxy's `KUBE-MARK-MASQ` bit).
+pub const HAIRPIN_MARK: u32 = 0x4000;
 
 /// A Service: a virtual IP and port load-balanced to backend pod addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +109,10 @@ pub fn render(services: &[Service]) -> Result<String, ServiceError> {
             "\tchain {hook} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\t\tjump services\n\t}}"
         );
     }
+    let _ = writeln!(
+        t,
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tmeta mark & {HAIRPIN_MARK:#x} == {HAIRPIN_MARK:#x} masquerade\n\t}}"
+    );
     let _ = writeln!(t, "\tchain services {{");
     for (i, svc) in services.iter().enumerate() {
         svc.validate()?;
@@ -140,7 +150,8 @@ pub fn render(services: &[Service]) -> Result<String, ServiceError> {
             };
             let _ = writeln!(
                 t,
-                "\tchain svc_{i}_ep_{j} {{\n\t\tmeta l4proto {} dnat {family} to {target}\n\t}}",
+                "\tchain svc_{i}_ep_{j} {{\n\t\t{family} saddr {} meta mark set meta mark | {HAIRPIN_MARK:#x}\n\t\tmeta l4proto {} dnat {family} to {target}\n\t}}",
+                b.ip(),
                 svc.proto
             );
         }

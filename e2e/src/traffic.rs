@@ -537,9 +537,14 @@ impl Server {
         }
     }
 
+    /// Asks the server to stop without waiting (see [`Server::stop`]).
+    pub(crate) fn signal_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
     /// Stops the server and waits for its thread. Idempotent.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.signal_stop();
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if handle.is_some_and(|h| h.join().is_err()) {
             tracing::warn!(server = ?self, "server thread panicked");

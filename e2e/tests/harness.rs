@@ -284,6 +284,19 @@ fn service_dnat_reaches_backends_and_forward_sees_the_backend_address() {
             .received_from(client.ipv4().unwrap())
     );
 
+    // Hairpin: a backend reaching itself through its Service is masqueraded to its node.
+    assert_eq!(
+        probe(near, svc_near, Proto::Tcp, 80, TIMEOUT),
+        Outcome::Connected
+    );
+    let gateway = cluster.node(0).gateway(Family::V4).unwrap();
+    assert!(
+        near.netns
+            .server(Proto::Tcp, 8080)
+            .unwrap()
+            .received_from(gateway)
+    );
+
     // A forward rule on the backend's pod address (not the ClusterIP) blocks the Service:
     // forward runs after DNAT.
     let far4 = far.ipv4().unwrap();
