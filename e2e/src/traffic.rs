@@ -91,7 +91,9 @@ pub struct Probe {
     pub to: SocketAddr,
     /// Bind to this source address. It need not be an address of the namespace: the socket
     /// is made transparent (`IP_TRANSPARENT`), so the packet leaves with a forged source, as
-    /// a malicious pod with `NET_RAW` could send it.
+    /// a malicious pod with `NET_RAW` could send it. Answers to a forged source go to its real
+    /// owner, so such a probe cannot complete; to see whether forged packets arrive, use
+    /// [`spoof_probe`].
     pub source: Option<IpAddr>,
     pub timeout: Duration,
 }

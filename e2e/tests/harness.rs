@@ -396,11 +396,14 @@ if [ "$CNI_COMMAND" = ADD ]; then
 fi
 "#;
 
-fn plugin_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("nftpol-e2e-plugins-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A directory with the test plugins, removed when dropped (also on panic).
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("nftpol-e2e-plugins-")
+        .tempdir()
+        .unwrap();
     for (name, text) in [("e2e-record", RECORD_PLUGIN), ("e2e-fail", FAIL_PLUGIN)] {
-        let path = dir.join(name);
+        let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -412,10 +415,11 @@ fn plugin_dir(tag: &str) -> std::path::PathBuf {
 fn chained_plugins_get_the_runtime_protocol_add_check_del() {
     skip_unless_root!("chained_plugins_get_the_runtime_protocol_add_check_del");
     nftpol_e2e::init_logging();
-    let dir = plugin_dir("record");
+    let plugins = plugin_dir();
+    let dir = plugins.path();
     let log = dir.join("calls.jsonl");
     let cluster = Cluster::builder("hx-chain")
-        .cni_path_prepend(&dir)
+        .cni_path_prepend(dir)
         .chain_plugin(json!({ "type": "e2e-record", "logFile": log.display().to_string() }))
         .build()
         .unwrap();
@@ -461,16 +465,16 @@ fn chained_plugins_get_the_runtime_protocol_add_check_del() {
     // DEL ran in reverse order: bridge had not removed the veth yet when we ran.
     assert_eq!(calls[2]["veth_present"], "yes");
     assert!(!node.has_link(&pod.host_veth));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_failing_plugin_error_is_surfaced_and_the_pod_is_cleaned_up() {
     skip_unless_root!("a_failing_plugin_error_is_surfaced_and_the_pod_is_cleaned_up");
     nftpol_e2e::init_logging();
-    let dir = plugin_dir("fail");
+    let plugins = plugin_dir();
+    let dir = plugins.path();
     let cluster = Cluster::builder("hx-fail")
-        .cni_path_prepend(&dir)
+        .cni_path_prepend(dir)
         .chain_plugin(json!({ "type": "e2e-fail" }))
         .build()
         .unwrap();
@@ -514,7 +518,6 @@ fn a_failing_plugin_error_is_surfaced_and_the_pod_is_cleaned_up() {
             if matches!(source.as_ref(), CniError::PluginNotFound { plugin, .. } if plugin == "no-such-plugin")),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
