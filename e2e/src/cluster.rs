@@ -1050,13 +1050,35 @@ impl Cluster {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return Vec::new();
         }
-        let mut errors = Vec::new();
         let pods = std::mem::take(&mut *lock(&self.pods));
-        for state in pods.iter().rev() {
-            if let Err(e) = self.teardown_pod(state) {
-                errors.push(e.to_string());
-            }
+        for state in &pods {
+            state.pod.netns.signal_stop_servers();
         }
+        // Like add_pods: nodes in parallel, each node's pods in reverse creation order.
+        let mut errors: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|node| {
+                    let pods = &pods;
+                    s.spawn(move || {
+                        pods.iter()
+                            .rev()
+                            .filter(|p| p.pod.node() == node.index)
+                            .filter_map(|p| self.teardown_pod(p).err())
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec!["pod teardown thread panicked".to_string()])
+                })
+                .collect()
+        });
         let hosts = std::mem::take(&mut *lock(&self.hosts));
         for host in &hosts {
             if let Err(e) = host.netns.delete() {

@@ -199,3 +199,15 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, BinaryError> {
         var,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_binary_names_where_it_looked_and_the_override() {
+        let err = super::workspace_binary("no-such-binary")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NO_SUCH_BINARY_BIN"), "{err}");
+        assert!(err.contains("cargo build --bin no-such-binary"), "{err}");
+    }
+}

@@ -557,6 +557,20 @@ impl Netns {
             .find(|s| s.proto() == proto && s.port() == port)
     }
 
+    /// Asks every server started here to stop, without waiting (teardown of many namespaces
+    /// signals all first, then deletes one by one).
+    pub(crate) fn signal_stop_servers(&self) {
+        for server in self
+            .0
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            server.signal_stop();
+        }
+    }
+
     /// Stops servers and processes started here, then deletes the namespace. Idempotent.
     pub fn delete(&self) -> Result<(), NetnsError> {
         self.0.delete()

@@ -54,11 +54,16 @@ fn kernel_addrs(netns: &Netns) -> Vec<IpAddr> {
 fn without_policy_every_pod_node_and_host_reaches_every_pod_dual_stack() {
     skip_unless_root!("without_policy_every_pod_node_and_host_reaches_every_pod_dual_stack");
     nftpol_e2e::init_logging();
+    let built = Instant::now();
     let cluster = Cluster::builder("hx-open")
         .nodes(2)
         .dual_stack(true)
         .build()
         .unwrap();
+    eprintln!(
+        "figure: 2-node dual-stack cluster built in {:?}",
+        built.elapsed()
+    );
     let mut specs = Vec::new();
     for (n, ns) in ["x", "y", "z"].iter().enumerate() {
         for (p, pod) in ["a", "b", "c"].iter().enumerate() {
@@ -134,7 +139,12 @@ fn without_policy_every_pod_node_and_host_reaches_every_pod_dual_stack() {
     assert_eq!(items.iter().filter(|o| o["kind"] == "Namespace").count(), 3);
     assert_eq!(items.iter().filter(|o| o["kind"] == "Node").count(), 2);
 
+    let down = Instant::now();
     cluster.shutdown().unwrap();
+    eprintln!(
+        "figure: teardown (9 CNI DELs, 13 namespaces) in {:?}",
+        down.elapsed()
+    );
 }
 
 #[test]
@@ -192,6 +202,11 @@ fn a_drop_rule_in_a_node_forward_chain_blocks_exactly_its_cell() {
         .case(WEB.0, WEB.1)
         .case(DNS.0, DNS.1)
         .run();
+    eprintln!(
+        "figure: {} probes with 2 blocked cells (1 s timeout) in {:?}",
+        result.cells().count(),
+        result.elapsed
+    );
     result.assert(|cell| {
         let blocked = (cell.from == "ns/a" && cell.to_ip == b4 && cell.proto == Proto::Tcp)
             || (cell.from == "ns/a" && cell.to_ip == c6 && cell.proto == Proto::Udp);
