@@ -166,6 +166,7 @@ pub fn generate(spec: &Spec) -> Generated {
                 (n / 256) as u8,
                 (n % 256) as u8,
             ))],
+            pod_cidrs: vec![cidr(&format!("10.{}.{}.0/24", n / 256, n % 256))],
         })
         .collect();
 

@@ -103,13 +103,17 @@ pub struct Namespace {
     pub labels: Labels,
 }
 
-/// A Node: only its name, labels and addresses.
+/// A Node: only its name, labels, addresses and pod ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub name: Str,
     pub labels: Labels,
     /// InternalIP and ExternalIP addresses from status.addresses.
     pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`): the ranges this node's pods get addresses from.
+    /// nftpol drops traffic of addresses in these ranges that belong to no known pod, so a
+    /// pod is never reachable before its policy is in place.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Transport protocols a NetworkPolicy port can name.

@@ -185,10 +185,28 @@ impl Converter {
                 addresses.push(ip);
             }
         }
+        let spec = Path::root("spec");
+        let mut pod_cidrs: Vec<IpNet> = Vec::new();
+        if let Some(node_spec) = &node.spec {
+            let list = node_spec.pod_cidrs.as_deref().unwrap_or_default();
+            for (i, text) in list.iter().enumerate() {
+                let net = parse_cidr(&ctx, &spec.field("podCIDRs").index(i), text)?;
+                if !pod_cidrs.contains(&net) {
+                    pod_cidrs.push(net);
+                }
+            }
+            if let Some(text) = node_spec.pod_cidr.as_deref().filter(|t| !t.is_empty()) {
+                let net = parse_cidr(&ctx, &spec.field("podCIDR"), text)?;
+                if !pod_cidrs.contains(&net) {
+                    pod_cidrs.push(net);
+                }
+            }
+        }
         Ok(Node {
             name: self.intern(name),
             labels,
             addresses,
+            pod_cidrs,
         })
     }
 

@@ -146,6 +146,7 @@ pub fn node(name: &str) -> NodeBuilder {
         name: name.into(),
         labels: Labels::empty(),
         addresses: Vec::new(),
+        pod_cidrs: Vec::new(),
     })
 }
 
@@ -160,6 +161,11 @@ impl NodeBuilder {
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.0.labels = self.0.labels.with(key, value);
+        self
+    }
+
+    pub fn pod_cidr(mut self, cidr: &str) -> Self {
+        self.0.pod_cidrs.push(net(cidr));
         self
     }
 

@@ -445,6 +445,9 @@ fn assemble(
             name: format!("n{i}").into(),
             labels: Labels::empty(),
             addresses: vec![node_v4(i), node_v6(i)],
+            // No pod ranges: the unknown-address guard they enable has no counterpart in the
+            // evaluator (an address no pod holds is just an address there).
+            pod_cidrs: Vec::new(),
         })
         .collect();
 

@@ -146,6 +146,37 @@ impl AllowMap {
     }
 }
 
+/// The set of every known local pod address (isolated or not).
+pub fn local_pods_set(fam: Family) -> Name {
+    format!("local_pods_{}", fam.suffix()).into()
+}
+
+/// The interval set of this node's pod ranges (`spec.podCIDRs`).
+pub fn local_pod_cidrs_set(fam: Family) -> Name {
+    format!("local_pod_cidrs_{}", fam.suffix()).into()
+}
+
+/// `antispoof_<ifname>`: the ingress-hook chain on a pod's host interface. Named after the
+/// device, because a base chain's device cannot change in place.
+pub fn antispoof_chain_name(ifname: &str) -> Name {
+    let clean: String = ifname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean == ifname {
+        name(&["antispoof", &clean])
+    } else {
+        let hash = format!("{:08x}", fnv1a(ifname.as_bytes()) as u32);
+        name(&["antispoof", &clean, &hash])
+    }
+}
+
 /// Name of the map that dispatches packets of isolated local pods to their chains.
 pub fn dispatch_map(dir: Direction, fam: Family) -> Name {
     format!("{}_pods_{}", dir.as_str(), fam.suffix()).into()
@@ -220,6 +251,12 @@ pub fn comment(text: String) -> String {
 /// The table skeleton: base chains and every global map, all empty of elements.
 pub fn skeleton(table: &str) -> crate::nft::model::Table {
     let mut t = crate::nft::model::Table::new(table);
+    for fam in Family::BOTH {
+        let known = Set::new(local_pods_set(fam), vec![fam.addr_type()]);
+        t.sets.insert(known.name.clone(), known);
+        let ranges = Set::new(local_pod_cidrs_set(fam), vec![fam.addr_type()]).with_interval();
+        t.sets.insert(ranges.name.clone(), ranges);
+    }
     for dir in Direction::BOTH {
         for fam in Family::BOTH {
             let d = Set::verdict_map(dispatch_map(dir, fam), vec![fam.addr_type()]);
@@ -287,6 +324,47 @@ fn base_chain(name: &str, hook: Hook, dirs: &[Direction]) -> Chain {
         }],
         Action::Verdict(Verdict::Accept),
     ));
+    // An address of this node's pod ranges that no known pod holds is a pod whose policy is
+    // not in place yet (or no pod at all): drop, so no pod is ever reachable unprotected.
+    let guarded: &[Field] = if dirs.contains(&Direction::Ingress) {
+        &[
+            Field::IpSaddr,
+            Field::IpDaddr,
+            Field::Ip6Saddr,
+            Field::Ip6Daddr,
+        ]
+    } else {
+        &[Field::IpSaddr, Field::Ip6Saddr]
+    };
+    for field in guarded {
+        let fam = match field {
+            Field::IpSaddr | Field::IpDaddr => Family::V4,
+            _ => Family::V6,
+        };
+        let side = match field {
+            Field::IpSaddr | Field::Ip6Saddr => "source",
+            _ => "destination",
+        };
+        c.rules.push(
+            Rule::new(
+                vec![
+                    Match::Lookup {
+                        key: vec![*field],
+                        set: SetRef::Named(local_pod_cidrs_set(fam)),
+                        negate: false,
+                    },
+                    Match::Lookup {
+                        key: vec![*field],
+                        set: SetRef::Named(local_pods_set(fam)),
+                        negate: true,
+                    },
+                ],
+                Action::Verdict(Verdict::Drop),
+            )
+            .counted()
+            .comment(format!("{side} in this node's pod range but no known pod")),
+        );
+    }
     for dir in dirs {
         for fam in Family::BOTH {
             let field = local_field(*dir, fam);

@@ -14,7 +14,7 @@ pub mod layout;
 mod output;
 pub mod ranges;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -57,6 +57,23 @@ impl Config {
         self.table = table.into();
         self
     }
+}
+
+/// What the CNI plugin reported about a local pod's network attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAttachment {
+    /// The pod's host-side interface (its veth peer on the node), for anti-spoofing.
+    pub host_interface: Option<String>,
+    /// The pod's addresses as the interface plugin assigned them. Used until the API server
+    /// reports `status.podIPs` (which the kubelet sets only after CNI ADD returns).
+    pub ips: Vec<IpAddr>,
+}
+
+/// What a local pod owns in the table: its chains and its set and map elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodObjects {
+    pub chains: Vec<Name>,
+    pub elements: Vec<(Name, Key)>,
 }
 
 /// A set of pods that a policy peer names, resolved against the cluster.
@@ -149,6 +166,12 @@ pub struct Compiler {
     table: Option<Table>,
     dirty_pods: BTreeSet<ObjectKey>,
     dirty_groups: BTreeSet<GroupKey>,
+    /// CNI attachments of local pods.
+    attachments: HashMap<ObjectKey, LocalAttachment>,
+    /// Pods whose stored IPs come from their attachment (the API had none yet).
+    filled_from_attachment: HashSet<ObjectKey>,
+    /// The local Node (its pod ranges) changed since the last commit.
+    node_dirty: bool,
 }
 
 impl Compiler {
@@ -169,6 +192,9 @@ impl Compiler {
             table: None,
             dirty_pods: BTreeSet::new(),
             dirty_groups: BTreeSet::new(),
+            attachments: HashMap::new(),
+            filled_from_attachment: HashSet::new(),
+            node_dirty: false,
         }
     }
 
@@ -183,7 +209,10 @@ impl Compiler {
 
     /// Whether changes are waiting for a commit.
     pub fn has_pending(&self) -> bool {
-        self.table.is_none() || !self.dirty_pods.is_empty() || !self.dirty_groups.is_empty()
+        self.table.is_none()
+            || self.node_dirty
+            || !self.dirty_pods.is_empty()
+            || !self.dirty_groups.is_empty()
     }
 
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
@@ -238,15 +267,80 @@ impl Compiler {
     }
 
     pub fn upsert_node(&mut self, node: Node) {
+        if *node.name == *self.cfg.node
+            && self.nodes.get(&node.name).map(|n| &n.pod_cidrs) != Some(&node.pod_cidrs)
+        {
+            self.node_dirty = true;
+        }
         self.nodes.insert(node.name.clone(), node);
     }
 
     pub fn remove_node(&mut self, name: &str) {
-        self.nodes.remove(name);
+        if self.nodes.remove(name).is_some() && name == &*self.cfg.node {
+            self.node_dirty = true;
+        }
     }
 
-    pub fn upsert_pod(&mut self, pod: Pod) {
+    /// Records a local pod's CNI attachment (host interface and addresses).
+    pub fn upsert_attachment(&mut self, key: ObjectKey, attachment: LocalAttachment) {
+        if self.attachments.get(&key) == Some(&attachment) {
+            return;
+        }
+        self.attachments.insert(key.clone(), attachment);
+        self.refresh_attachment(&key);
+    }
+
+    /// Forgets a local pod's CNI attachment.
+    pub fn remove_attachment(&mut self, key: &ObjectKey) {
+        if self.attachments.remove(key).is_some() {
+            self.refresh_attachment(key);
+        }
+    }
+
+    pub fn attachment(&self, key: &ObjectKey) -> Option<&LocalAttachment> {
+        self.attachments.get(key)
+    }
+
+    pub fn attachments(&self) -> impl Iterator<Item = (&ObjectKey, &LocalAttachment)> {
+        self.attachments.iter()
+    }
+
+    fn refresh_attachment(&mut self, key: &ObjectKey) {
+        if let Some(stored) = self.pods.get(key) {
+            let mut api = stored.clone();
+            if self.filled_from_attachment.contains(key) {
+                api.ips.clear();
+            }
+            self.upsert_pod(api);
+        }
+        self.dirty_pods.insert(key.clone());
+    }
+
+    /// Chains and elements the kernel must hold for a local pod (for CNI CHECK).
+    pub fn expected_objects(&self, key: &ObjectKey) -> Option<PodObjects> {
+        let o = self.outputs.get(key)?;
+        Some(PodObjects {
+            chains: o.chains.keys().cloned().collect(),
+            elements: o
+                .elements
+                .iter()
+                .flat_map(|(set, e)| e.keys().map(move |k| (set.clone(), k.clone())))
+                .collect(),
+        })
+    }
+
+    pub fn upsert_pod(&mut self, mut pod: Pod) {
         let key = pod.key();
+        // Until the API reports addresses, the attachment's stand in for them.
+        match self.attachments.get(&key) {
+            Some(att) if pod.ips.is_empty() && !att.ips.is_empty() => {
+                pod.ips = att.ips.clone();
+                self.filled_from_attachment.insert(key.clone());
+            }
+            _ => {
+                self.filled_from_attachment.remove(&key);
+            }
+        }
         if self.pods.get(&key) == Some(&pod) {
             return;
         }
@@ -262,6 +356,7 @@ impl Compiler {
         let Some(old) = self.pods.get(key).cloned() else {
             return;
         };
+        self.filled_from_attachment.remove(key);
         if let Some(names) = self.pods_by_ns.get_mut(&key.namespace) {
             names.remove(&key.name);
             if names.is_empty() {
@@ -508,6 +603,38 @@ impl Compiler {
                         }
                     }
                     current.elements = fresh.elements;
+                }
+            }
+        }
+
+        // This node's pod ranges.
+        if std::mem::take(&mut self.node_dirty) {
+            for fam in layout::Family::BOTH {
+                let name = layout::local_pod_cidrs_set(fam);
+                let want: BTreeSet<Key> = self
+                    .nodes
+                    .get(&self.cfg.node)
+                    .map(|n| n.pod_cidrs.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(ranges::AddrRange::of_net)
+                    .filter(|(f, _)| *f == fam)
+                    .map(|(f, r)| Key::new(vec![r.key_part(f)]))
+                    .collect();
+                if let Some(set) = table.sets.get_mut(&name) {
+                    let have: Vec<Key> = set.elements.keys().cloned().collect();
+                    for k in have.iter().filter(|k| !want.contains(*k)) {
+                        elems.delete(&name, k.clone());
+                        set.elements.remove(k);
+                    }
+                    for k in want {
+                        if let std::collections::btree_map::Entry::Vacant(e) =
+                            set.elements.entry(k.clone())
+                        {
+                            e.insert(None);
+                            elems.add(&name, k, None);
+                        }
+                    }
                 }
             }
         }
@@ -857,21 +984,22 @@ fn diff_pod_chains(
 ) {
     let old = old.unwrap_or(&EMPTY_OUTPUT);
     let new = new.unwrap_or(&EMPTY_OUTPUT);
-    for (name, rules) in &new.chains {
+    for (name, chain) in &new.chains {
         match old.chains.get(name) {
-            Some(old_rules) if old_rules == rules => continue,
+            Some(old_chain) if old_chain == chain => continue,
             Some(_) => {
                 tx.flush_chains.push(name.clone());
-                tx.add_rules.push((name.clone(), rules.clone()));
+                tx.add_rules.push((name.clone(), chain.rules.clone()));
             }
             None => {
-                tx.add_chains.push(Chain::regular(name.clone()));
-                tx.add_rules.push((name.clone(), rules.clone()));
+                tx.add_chains.push(Chain {
+                    rules: Vec::new(),
+                    ..chain.clone()
+                });
+                tx.add_rules.push((name.clone(), chain.rules.clone()));
             }
         }
-        let mut chain = Chain::regular(name.clone());
-        chain.rules = rules.clone();
-        table.chains.insert(name.clone(), chain);
+        table.chains.insert(name.clone(), chain.clone());
     }
     for name in old.chains.keys() {
         if !new.chains.contains_key(name) {
@@ -921,8 +1049,8 @@ fn add_pod_elements(
         };
         for (key, v) in n {
             if o.and_then(|o| o.get(key)) != Some(v) {
-                elems.add(set, key.clone(), Some(v.clone()));
-                target.elements.insert(key.clone(), Some(v.clone()));
+                elems.add(set, key.clone(), v.clone());
+                target.elements.insert(key.clone(), v.clone());
             }
         }
     }

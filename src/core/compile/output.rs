@@ -22,10 +22,11 @@ use crate::nft::model::{
 /// A local pod's share of the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct PodOutput {
-    /// The pod's chains (`ingress_<ns>_<pod>`, `egress_<ns>_<pod>`) with their rules.
-    pub chains: BTreeMap<Name, Vec<Rule>>,
-    /// The pod's elements, by map.
-    pub elements: BTreeMap<Name, BTreeMap<Key, Verdict>>,
+    /// The pod's chains: `ingress_<ns>_<pod>` and `egress_<ns>_<pod>` when isolated, and the
+    /// anti-spoofing base chain on its host interface when the CNI plugin reported one.
+    pub chains: BTreeMap<Name, Chain>,
+    /// The pod's elements, by set or map.
+    pub elements: BTreeMap<Name, BTreeMap<Key, Option<Verdict>>>,
     /// Per-rule chains the elements and rules jump to.
     pub rule_chains: BTreeMap<Name, Chain>,
     /// Shared sets of big peer groups the rules use.
@@ -318,7 +319,7 @@ impl Accumulator {
                 out.elements
                     .entry(map_name)
                     .or_default()
-                    .extend(elements.into_iter().map(|(k, r)| (k, goto(r))));
+                    .extend(elements.into_iter().map(|(k, r)| (k, Some(goto(r)))));
             }
         }
         rules.extend(self.big_rules);
@@ -406,12 +407,29 @@ impl Compiler {
                 out.elements
                     .entry(layout::dispatch_map(dir, fam))
                     .or_default()
-                    .insert(Key::new(vec![addr_part(ip)]), Verdict::Jump(chain.clone()));
+                    .insert(
+                        Key::new(vec![addr_part(ip)]),
+                        Some(Verdict::Jump(chain.clone())),
+                    );
             }
-            out.chains.insert(chain, rules);
+            let mut c = Chain::regular(chain.clone());
+            c.rules = rules;
+            out.chains.insert(chain, c);
         }
-        if out.chains.is_empty() {
-            return None;
+        // Every local pod's addresses are known addresses of this node's pod ranges.
+        for ip in &local {
+            out.elements
+                .entry(layout::local_pods_set(Family::of(ip)))
+                .or_default()
+                .insert(Key::new(vec![addr_part(ip)]), None);
+        }
+        if let Some(ifname) = self
+            .attachments
+            .get(key)
+            .and_then(|a| a.host_interface.as_deref())
+        {
+            let chain = antispoof_chain(ifname, &local, &format!("{}/{}", pod.namespace, pod.name));
+            out.chains.insert(chain.name.clone(), chain);
         }
         Some(out)
     }
@@ -689,6 +707,85 @@ fn rule_chain(name: &Name, dir: Direction, label: &str) -> Chain {
             .comment(layout::comment(
                 label.replace('[', " rule ").replace(']', ""),
             )),
+    );
+    chain
+}
+
+/// The anti-spoofing chain of a pod: on the ingress hook of its host-side interface, packets
+/// whose source is not one of the pod's addresses are dropped before they can borrow another
+/// pod's allowances or escape the pod's egress policy. IPv6 link-local and unspecified sources
+/// stay allowed (neighbour discovery, duplicate address detection).
+fn antispoof_chain(ifname: &str, ips: &[IpAddr], pod: &str) -> Chain {
+    let mut chain = Chain::base(
+        layout::antispoof_chain_name(ifname),
+        crate::nft::model::BaseChain {
+            hook: crate::nft::model::Hook::Ingress {
+                device: ifname.to_string(),
+            },
+            priority: layout::FILTER_PRIORITY,
+            policy: crate::nft::model::ChainPolicy::Accept,
+        },
+    );
+    let comment = layout::comment(format!("{pod}: forged source address"));
+    let v4: Vec<Key> = ips
+        .iter()
+        .filter(|ip| ip.is_ipv4())
+        .map(|ip| Key::new(vec![addr_part(ip)]))
+        .collect();
+    let v4_rule = if v4.is_empty() {
+        Rule::new(
+            vec![Match::Cmp {
+                field: Field::NfProto,
+                negate: false,
+                value: KeyPart::NfProto(crate::nft::model::nfproto::IPV4),
+            }],
+            Action::Verdict(Verdict::Drop),
+        )
+    } else {
+        Rule::new(
+            vec![Match::Lookup {
+                key: vec![Field::IpSaddr],
+                set: SetRef::Anonymous(AnonSet {
+                    interval: false,
+                    elements: v4,
+                }),
+                negate: true,
+            }],
+            Action::Verdict(Verdict::Drop),
+        )
+    };
+    chain.rules.push(v4_rule.counted().comment(comment.clone()));
+    let unspecified = std::net::Ipv6Addr::UNSPECIFIED;
+    let mut v6: Vec<Key> = vec![
+        Key::new(vec![KeyPart::V6(unspecified)]),
+        Key::new(vec![KeyPart::V6Range(
+            "fe80::".parse().unwrap_or(unspecified),
+            "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+                .parse()
+                .unwrap_or(unspecified),
+        )]),
+    ];
+    v6.extend(
+        ips.iter()
+            .filter(|ip| ip.is_ipv6())
+            .map(|ip| Key::new(vec![addr_part(ip)])),
+    );
+    v6.sort();
+    v6.dedup();
+    chain.rules.push(
+        Rule::new(
+            vec![Match::Lookup {
+                key: vec![Field::Ip6Saddr],
+                set: SetRef::Anonymous(AnonSet {
+                    interval: true,
+                    elements: v6,
+                }),
+                negate: true,
+            }],
+            Action::Verdict(Verdict::Drop),
+        )
+        .counted()
+        .comment(comment),
     );
     chain
 }

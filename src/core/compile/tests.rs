@@ -97,7 +97,12 @@ fn first_commit_creates_the_skeleton_and_nothing_else_without_policies() {
     assert!(tx.create_table);
     let t = c.table().unwrap();
     assert!(t.chains.contains_key("forward") && t.chains.contains_key("input"));
-    assert_eq!(t.element_count(), 0, "no policy: nothing isolated");
+    assert_eq!(
+        t.element_count(),
+        1,
+        "no policy: nothing isolated, the pod's address is only known"
+    );
+    assert_eq!(t.sets["local_pods_v4"].elements.len(), 1);
     assert!(c.commit().is_empty(), "nothing changed: empty transaction");
 }
 
@@ -444,9 +449,10 @@ fn an_ip_that_moves_between_pods_in_one_commit_keeps_one_element() {
             "Jump(\"ingress_prod_new\")".to_string()
         )]
     );
-    // The dispatch entry and the pod's own entry move (the latter to an identical value).
-    assert_eq!(tx.stats().elements_added, 2);
-    assert_eq!(tx.stats().elements_deleted, 2);
+    // The dispatch entry, the pod's own entry and its known address move (the latter two to
+    // identical values).
+    assert_eq!(tx.stats().elements_added, 3);
+    assert_eq!(tx.stats().elements_deleted, 3);
 }
 
 #[test]
@@ -469,6 +475,116 @@ fn hostnetwork_terminal_and_ipless_pods_are_neither_isolated_nor_peers() {
     c.upsert_policy(p);
     c.commit();
     assert_eq!(c.table().unwrap().element_count(), 0);
+}
+
+#[test]
+fn unknown_addresses_of_the_node_pod_range_are_guarded() {
+    let mut c = compiler();
+    c.upsert_node(Node {
+        name: "n1".into(),
+        labels: Labels::empty(),
+        addresses: vec![],
+        pod_cidrs: vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:1::/64".parse().unwrap(),
+        ],
+    });
+    c.upsert_node(Node {
+        name: "n2".into(),
+        labels: Labels::empty(),
+        addresses: vec![],
+        pod_cidrs: vec!["10.244.2.0/24".parse().unwrap()],
+    });
+    c.upsert_pod(pod("prod", "web-1", "n1", "10.244.1.5", &[]));
+    c.upsert_pod(pod("prod", "remote", "n2", "10.244.2.5", &[]));
+    c.commit();
+    let t = c.table().unwrap();
+    assert_eq!(
+        t.sets["local_pod_cidrs_v4"]
+            .elements
+            .keys()
+            .collect::<Vec<_>>(),
+        vec![&Key::new(vec![KeyPart::V4Range(
+            "10.244.1.0".parse().unwrap(),
+            "10.244.1.255".parse().unwrap()
+        )])],
+        "only this node's range"
+    );
+    assert_eq!(t.sets["local_pod_cidrs_v6"].elements.len(), 1);
+    assert_eq!(
+        t.sets["local_pods_v4"].elements.keys().collect::<Vec<_>>(),
+        vec![&Key::new(vec![ip("10.244.1.5")])],
+        "only local pods are known here"
+    );
+    // A new pod becomes known in the same commit that isolates it.
+    let mut p = policy("prod", "deny", Selector::everything());
+    p.ingress = Some(vec![]);
+    c.upsert_policy(p);
+    c.upsert_pod(pod("prod", "web-2", "n1", "10.244.1.6", &[]));
+    let tx = c.commit();
+    let added: Vec<&str> = tx.add_elements.keys().map(|k| &**k).collect();
+    assert!(
+        added.contains(&"local_pods_v4") && added.contains(&"ingress_pods_v4"),
+        "{added:?}"
+    );
+    // The node losing its range empties the set.
+    c.upsert_node(Node {
+        name: "n1".into(),
+        labels: Labels::empty(),
+        addresses: vec![],
+        pod_cidrs: vec![],
+    });
+    let tx = c.commit();
+    assert_eq!(tx.stats().elements_deleted, 2);
+}
+
+#[test]
+fn attachments_give_addresses_before_the_api_does_and_add_anti_spoofing() {
+    let mut c = compiler();
+    let mut p = policy("prod", "deny", Selector::everything());
+    p.ingress = Some(vec![]);
+    c.upsert_policy(p);
+    // The kubelet reports podIPs only after CNI ADD returns.
+    let mut fresh = pod("prod", "web-1", "n1", "10.244.1.5", &[]);
+    fresh.ips.clear();
+    c.upsert_pod(fresh.clone());
+    c.commit();
+    assert!(elements(&c, "ingress_pods_v4").is_empty());
+    let key = ObjectKey::new("prod", "web-1");
+    c.upsert_attachment(
+        key.clone(),
+        LocalAttachment {
+            host_interface: Some("veth1234".into()),
+            ips: vec!["10.244.1.5".parse().unwrap()],
+        },
+    );
+    c.commit();
+    assert_eq!(
+        elements(&c, "ingress_pods_v4").len(),
+        1,
+        "isolated from the attachment"
+    );
+    let t = c.table().unwrap();
+    let chain = &t.chains["antispoof_veth1234"];
+    assert_eq!(
+        chain.base.as_ref().unwrap().hook,
+        crate::nft::model::Hook::Ingress {
+            device: "veth1234".into()
+        }
+    );
+    assert_eq!(chain.rules.len(), 2);
+    // The API catching up with the same address changes nothing.
+    c.upsert_pod(pod("prod", "web-1", "n1", "10.244.1.5", &[]));
+    assert!(c.commit().is_empty());
+    // A DEL forgets the interface; the API still knows the pod.
+    c.remove_attachment(&key);
+    let tx = c.commit();
+    assert_eq!(tx.delete_chains, vec![Name::from("antispoof_veth1234")]);
+    assert_eq!(elements(&c, "ingress_pods_v4").len(), 1);
+    // Without API addresses, removing the attachment unisolates nothing it cannot address.
+    c.upsert_pod(fresh);
+    c.commit();
+    assert!(elements(&c, "ingress_pods_v4").is_empty());
 }
 
 #[test]
