@@ -13,6 +13,7 @@
 //!
 //! Dependencies point one way: `input` -> `core` -> `nft` <- `dataplane`.
 
+pub mod cli;
 pub mod core;
 pub mod dataplane;
 pub mod input;
