@@ -400,7 +400,7 @@ fn udata_nest(out: &mut Vec<u8>, ty: u8) -> usize {
     out.len() - 2
 }
 
-fn udata_end(out: &mut Vec<u8>, at: usize) {
+fn udata_end(out: &mut [u8], at: usize) {
     out[at + 1] = (out.len() - at - 2) as u8;
 }
 
@@ -913,8 +913,7 @@ pub(crate) fn describe_element(
             let attr_len = 4 + data.len();
             if ty == NFTA_SET_ELEM_LIST_ELEMENTS {
                 let mut epos = pos + 4;
-                let mut kernel_index = 0usize;
-                for (_, edata) in Attrs(data) {
+                for (kernel_index, (_, edata)) in Attrs(data).enumerate() {
                     let elen = 4 + edata.len();
                     if off >= epos && off < epos + elen {
                         // Map the kernel element back to the model element.
@@ -928,7 +927,6 @@ pub(crate) fn describe_element(
                         return None;
                     }
                     epos += (elen + 3) & !3;
-                    kernel_index += 1;
                 }
             }
             pos += (attr_len + 3) & !3;
@@ -967,6 +965,7 @@ fn regs_of(fields: &[Field]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::model::KeyPart;
 
     #[test]
     fn ipv6_concatenations_skip_whole_registers() {

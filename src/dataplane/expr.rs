@@ -242,7 +242,7 @@ pub(crate) fn value_len(t: KeyType) -> usize {
 /// The 32-bit register slot `k` of a concatenation, named the way nft names it: slots that
 /// start a 128-bit register use the 128-bit name (1..4), the others their 32-bit name.
 pub(crate) fn concat_reg(slot: u32) -> u32 {
-    if slot % 4 == 0 {
+    if slot.is_multiple_of(4) {
         NFT_REG_1 + slot / 4
     } else {
         NFT_REG32_00 + slot
@@ -659,6 +659,17 @@ pub(crate) fn decode_rule(
     // Only a rule that re-encodes to exactly these expressions is ours.
     let mut again = Vec::with_capacity(exprs.len());
     encode_rule(&rule, named_interval, &mut again);
+    // The anonymous sets this rule uses, in order.
+    let used: Vec<&Name> = exprs
+        .iter()
+        .filter_map(|e| match e {
+            Expr::Lookup {
+                set: LookupSet::Named(n),
+                ..
+            } if anon_names.contains(n) => Some(n),
+            _ => None,
+        })
+        .collect();
     let same = again.len() == exprs.len()
         && again.iter().zip(exprs).all(|(a, b)| match (a, b) {
             (
@@ -674,14 +685,12 @@ pub(crate) fn decode_rule(
                     dreg: d2,
                     flags: f2,
                 },
-            ) => {
-                anon_names.get(*k).is_some_and(|a| a == n)
-                    && sreg == s2
-                    && dreg == d2
-                    && flags == f2
-            }
+            ) => used.get(*k).is_some_and(|a| *a == n) && sreg == s2 && dreg == d2 && flags == f2,
             _ => a == b,
         });
+    if !same {
+        tracing::debug!(?again, ?exprs, "rule does not round-trip");
+    }
     same.then_some(rule)
 }
 

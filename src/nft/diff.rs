@@ -844,6 +844,19 @@ pub(crate) fn check_rule_shape(rule: &Rule) -> Result<(), String> {
                             "th dport after meta l4proto must lead its concatenation".into()
                         );
                     }
+                    // nft prints `tcp dport` and puts the protocol check right before the
+                    // port load, so the model must have it there too.
+                    let next_is_dport = if i + 1 < rule.matches.len() {
+                        all[i + 1].first() == Some(&Field::ThDport)
+                    } else {
+                        !rule.counter
+                            && all.get(i + 1).and_then(|f| f.first()) == Some(&Field::ThDport)
+                    };
+                    if dport_later && !next_is_dport {
+                        return Err(
+                            "meta l4proto must come right before the th dport it qualifies".into(),
+                        );
+                    }
                 }
             }
             Match::Lookup { key, set, .. } => {
@@ -1391,6 +1404,11 @@ mod tests {
                 negate: false,
             }],
             vec![cmp(Field::ThDport, KeyPart::PortRange(80, 80))],
+            vec![
+                cmp(Field::L4Proto, KeyPart::Proto(6)),
+                cmp(Field::IpSaddr, ip("1.2.3.4")),
+                cmp(Field::ThDport, KeyPart::Port(80)),
+            ],
         ];
         for m in bad {
             let r = Rule::new(m.clone(), Action::Verdict(Verdict::Accept));
