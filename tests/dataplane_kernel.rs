@@ -4,87 +4,8 @@
 //!
 //! Address plan: local pods 10.0.0.0/24 and fd00::/64, peers 10.1.0.0/16, ipBlocks 192.0.2.0/24.
 
-mod netns {
-    //! A throw-away network namespace entered by the current test thread.
-    use std::fs::File;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use nix::sched::{CloneFlags, setns};
-
-    pub struct Netns {
-        pub name: String,
-        orig: File,
-    }
-
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-    impl Netns {
-        /// Creates a namespace and moves the calling thread into it; `None` (with a loud
-        /// message) when not root.
-        pub fn enter(test: &str) -> Option<Netns> {
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!("!!!! SKIPPING {test}: kernel tests need root (network namespaces) !!!!");
-                return None;
-            }
-            let name = format!(
-                "nftpol-dp-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::SeqCst)
-            );
-            let ok = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "ip netns add {name} failed");
-            let orig = File::open("/proc/thread-self/ns/net").expect("open own netns");
-            let guard = Netns { name, orig };
-            let ns = File::open(format!("/run/netns/{}", guard.name)).expect("open new netns");
-            setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
-            Some(guard)
-        }
-
-        /// Runs a command inside the namespace; panics on failure.
-        pub fn run(&self, cmd: &[&str]) -> String {
-            let out = self.try_run(cmd);
-            match out {
-                Ok(s) => s,
-                Err(e) => panic!("{cmd:?} failed: {e}"),
-            }
-        }
-
-        pub fn try_run(&self, cmd: &[&str]) -> Result<String, String> {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.name])
-                .args(cmd)
-                .output()
-                .expect("spawn ip netns exec");
-            if out.status.success() {
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        }
-
-        /// Loads a ruleset text with `nft -f`.
-        pub fn nft_load(&self, text: &str) -> Result<(), String> {
-            let path = std::env::temp_dir().join(format!("{}.nft", self.name));
-            std::fs::write(&path, text).expect("write ruleset file");
-            let r = self.try_run(&["nft", "-f", path.to_str().unwrap_or_default()]);
-            let _ = std::fs::remove_file(&path);
-            r.map(|_| ())
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = setns(&self.orig, CloneFlags::CLONE_NEWNET);
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
-    }
-}
+#[path = "dataplane_netns/mod.rs"]
+mod netns;
 
 use netns::Netns;
 use nftpol::dataplane::{Dataplane, Netlink};
@@ -830,4 +751,451 @@ fn normalise(listing: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// kernel and fake agree on what they accept
+
+use nftpol::dataplane::{DataplaneError, Fake};
+use nftpol::nft::diff::ErrorKind;
+use nftpol::nft::transaction::Transaction;
+
+/// Base table for the acceptance cases: a forward chain dispatching through map `m`, two
+/// policy rule chains, an interval set of ipBlocks and a set `s4` used by a rule.
+fn base_table() -> Table {
+    use KeyType as T;
+    let mut t = Table::new("nftpol");
+    let mut m = Set::verdict_map("m", vec![T::Ipv4Addr, T::InetProto, T::InetService]);
+    m.elements.insert(
+        k(vec![v4("10.0.0.1"), KeyPart::Proto(6), KeyPart::Port(80)]),
+        goto("np_a"),
+    );
+    m.elements.insert(
+        k(vec![v4("10.0.0.2"), KeyPart::Proto(17), KeyPart::Port(53)]),
+        goto("np_a"),
+    );
+    t.sets.insert(m.name.clone(), m);
+    let mut c = Set::new("cidrs", vec![T::Ipv4Addr]).with_interval();
+    c.elements
+        .insert(k(vec![v4r("10.1.0.0", "10.1.255.255")]), None);
+    t.sets.insert(c.name.clone(), c);
+    let mut s = Set::new("s4", vec![T::Ipv4Addr]);
+    s.elements.insert(k(vec![v4("10.9.0.1")]), None);
+    t.sets.insert(s.name.clone(), s);
+    t.sets
+        .insert("spare".into(), Set::new("spare", vec![T::InetService]));
+    let mut f = base("forward", Hook::Forward, 0, ChainPolicy::Accept);
+    f.rules.push(Rule::new(
+        vec![lookup(vec![Field::IpSaddr], "s4")],
+        Action::Verdict(Verdict::Drop),
+    ));
+    f.rules.push(Rule::new(
+        vec![],
+        Action::VMap {
+            key: vec![Field::IpDaddr, Field::L4Proto, Field::ThDport],
+            map: "m".into(),
+        },
+    ));
+    t.chains.insert(f.name.clone(), f);
+    for (name, v) in [("np_a", Verdict::Accept), ("np_b", Verdict::Return)] {
+        let mut c = Chain::regular(name);
+        c.rules
+            .push(Rule::new(vec![], Action::Verdict(v)).counted());
+        t.chains.insert(c.name.clone(), c);
+    }
+    t
+}
+
+fn tx() -> Transaction {
+    Transaction::new("nftpol")
+}
+
+fn mkey(ip: &str, proto: u8, port: u16) -> Key {
+    k(vec![v4(ip), KeyPart::Proto(proto), KeyPart::Port(port)])
+}
+
+/// (name, transaction, accepted?)
+fn acceptance_cases() -> Vec<(&'static str, Transaction, bool)> {
+    let mut cases = Vec::new();
+    let mut t = tx();
+    t.add_elements
+        .insert("m".into(), vec![(mkey("10.0.0.3", 6, 443), goto("np_b"))]);
+    cases.push(("add a map element", t, true));
+    let mut t = tx();
+    t.delete_elements
+        .insert("m".into(), vec![mkey("10.0.0.1", 6, 80)]);
+    cases.push(("delete a map element", t, true));
+    let mut t = tx();
+    t.add_chains.push(Chain::regular("np_c"));
+    t.add_rules
+        .push(("np_c".into(), vec![Rule::new(vec![], accept()).counted()]));
+    t.add_elements
+        .insert("m".into(), vec![(mkey("10.0.0.4", 6, 80), goto("np_c"))]);
+    cases.push((
+        "new chain with a rule and an element pointing at it",
+        t,
+        true,
+    ));
+    let mut t = tx();
+    t.flush_chains.push("np_a".into());
+    t.add_rules.push((
+        "np_a".into(),
+        vec![Rule::new(vec![], accept()).comment("refilled")],
+    ));
+    cases.push(("flush and refill a chain", t, true));
+    let mut t = tx();
+    t.delete_sets.push("spare".into());
+    cases.push(("delete an unused set", t, true));
+    let mut t = tx();
+    t.flush_chains.push("np_b".into());
+    t.delete_chains.push("np_b".into());
+    cases.push(("delete an unused chain", t, true));
+    let mut t = tx();
+    t.add_elements.insert(
+        "cidrs".into(),
+        vec![(k(vec![v4r("10.2.0.0", "10.2.255.255")]), None)],
+    );
+    cases.push(("add an adjacent interval", t, true));
+    let mut t = tx();
+    t.delete_elements.insert(
+        "cidrs".into(),
+        vec![k(vec![v4r("10.1.0.0", "10.1.255.255")])],
+    );
+    t.add_elements.insert(
+        "cidrs".into(),
+        vec![(k(vec![v4r("10.1.0.0", "10.1.127.255")]), None)],
+    );
+    cases.push(("shrink an interval (delete, then add)", t, true));
+
+    let mut t = tx();
+    t.add_rules.push((
+        "np_a".into(),
+        vec![Rule::new(
+            vec![],
+            Action::Verdict(Verdict::Jump("nope".into())),
+        )],
+    ));
+    cases.push(("rule jumps to a missing chain", t, false));
+    let mut t = tx();
+    t.add_elements
+        .insert("m".into(), vec![(mkey("10.0.0.3", 6, 443), goto("nope"))]);
+    cases.push(("map element jumps to a missing chain", t, false));
+    let mut t = tx();
+    t.add_elements
+        .insert("m".into(), vec![(mkey("10.0.0.1", 6, 80), goto("np_a"))]);
+    cases.push(("duplicate element", t, false));
+    let mut t = tx();
+    t.delete_elements
+        .insert("m".into(), vec![mkey("10.0.0.9", 6, 80)]);
+    cases.push(("delete a missing element", t, false));
+    let mut t = tx();
+    t.add_rules.push((
+        "np_a".into(),
+        vec![Rule::new(
+            vec![lookup(vec![Field::IpSaddr], "nope")],
+            accept(),
+        )],
+    ));
+    cases.push(("lookup of a missing set", t, false));
+    let mut t = tx();
+    t.add_elements
+        .insert("nope".into(), vec![(k(vec![v4("1.1.1.1")]), None)]);
+    cases.push(("elements for a missing set", t, false));
+    let mut t = tx();
+    t.delete_sets.push("s4".into());
+    cases.push(("delete a set still used by a rule", t, false));
+    let mut t = tx();
+    t.flush_chains.push("np_a".into());
+    t.delete_chains.push("np_a".into());
+    cases.push(("delete a chain still used by map elements", t, false));
+    let mut t = tx();
+    t.delete_chains.push("np_b".into());
+    cases.push((
+        "delete a chain that still has rules (they go with it)",
+        t,
+        true,
+    ));
+    let mut t = tx();
+    t.add_elements.insert(
+        "m".into(),
+        vec![(k(vec![v4("10.0.0.3"), KeyPart::Proto(6)]), goto("np_a"))],
+    );
+    cases.push(("element with too few fields", t, false));
+    let mut t = tx();
+    t.add_elements.insert(
+        "s4".into(),
+        vec![(k(vec![v4r("10.9.1.0", "10.9.1.255")]), None)],
+    );
+    cases.push(("range in a set without flags interval", t, false));
+    let mut t = tx();
+    t.add_elements.insert(
+        "cidrs".into(),
+        vec![(k(vec![v4r("10.1.128.0", "10.1.128.255")]), None)],
+    );
+    cases.push(("interval inside an existing interval", t, false));
+    let mut t = tx();
+    t.add_elements.insert(
+        "cidrs".into(),
+        vec![(k(vec![v4r("10.0.255.0", "10.1.0.255")]), None)],
+    );
+    cases.push(("interval overlapping the start of another", t, false));
+    let mut t = tx();
+    t.add_rules.push((
+        "np_a".into(),
+        vec![Rule::new(
+            vec![],
+            Action::Verdict(Verdict::Jump("np_b".into())),
+        )],
+    ));
+    t.add_rules.push((
+        "np_b".into(),
+        vec![Rule::new(
+            vec![],
+            Action::Verdict(Verdict::Jump("np_a".into())),
+        )],
+    ));
+    cases.push(("jump loop", t, false));
+    let mut t = tx();
+    t.add_chains.push(Chain::regular("np_a"));
+    cases.push(("add an existing chain", t, false));
+    let mut t = tx();
+    t.add_sets.push(Set::new("s4", vec![KeyType::Ipv4Addr]));
+    cases.push(("add an existing set", t, false));
+    let mut t = tx();
+    t.add_rules.push((
+        "np_a".into(),
+        vec![Rule::new(
+            vec![],
+            Action::Verdict(Verdict::Goto("forward".into())),
+        )],
+    ));
+    cases.push(("goto a base chain", t, false));
+    let mut t = tx();
+    t.add_elements
+        .insert("m".into(), vec![(mkey("10.0.0.5", 6, 80), goto("np_b"))]);
+    t.add_chains.push(Chain::regular("np_c"));
+    t.add_rules.push((
+        "np_c".into(),
+        vec![Rule::new(
+            vec![],
+            Action::Verdict(Verdict::Jump("nope".into())),
+        )],
+    ));
+    cases.push(("valid changes followed by one invalid rule", t, false));
+    cases
+}
+
+/// Replaces whatever is in the kernel with `table`.
+fn reset(dp: &mut Netlink, table: &Table) {
+    let mut t = diff(None, table);
+    t.replace = true;
+    dp.apply(&t).unwrap();
+}
+
+#[test]
+fn kernel_and_fake_accept_and_refuse_the_same_transactions() {
+    let Some(ns) = Netns::enter("kernel_and_fake_accept_and_refuse_the_same_transactions") else {
+        return;
+    };
+    let mut dp = Netlink::new().unwrap();
+    let base_t = base_table();
+    let mut mismatches = Vec::new();
+    for (name, t, accepted) in acceptance_cases() {
+        reset(&mut dp, &base_t);
+        let before = ns.run(&["nft", "list", "table", "inet", "nftpol"]);
+        let kernel = dp.apply(&t);
+        let mut fake = Fake::with_table(base_t.clone());
+        let faked = fake.apply(&t);
+        eprintln!(
+            "{name}: kernel {:?} / fake {:?}",
+            kernel
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| (e.kind(), e.to_string())),
+            faked
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| (e.kind(), e.to_string()))
+        );
+        if kernel.is_ok() != accepted || faked.is_ok() != accepted {
+            mismatches.push(name);
+        }
+        if let (Err(k), Err(f)) = (&kernel, &faked) {
+            // The kernel reports overlapping intervals as EEXIST.
+            let same = k.kind() == f.kind()
+                || (k.kind() == Some(ErrorKind::Exists) && f.kind() == Some(ErrorKind::Overlap));
+            if !same {
+                mismatches.push(name);
+            }
+        }
+        let live = dp.dump("nftpol").unwrap();
+        if kernel.is_err() {
+            // A refused batch leaves the kernel exactly as before.
+            assert_eq!(
+                ns.run(&["nft", "list", "table", "inet", "nftpol"]),
+                before,
+                "{name}: kernel changed"
+            );
+            assert_eq!(live.as_ref(), Some(&base_t), "{name}: dump changed");
+            assert_eq!(fake.table("nftpol"), Some(&base_t), "{name}: fake changed");
+        } else {
+            assert_eq!(
+                live.as_ref(),
+                fake.table("nftpol"),
+                "{name}: kernel and fake differ after applying"
+            );
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "kernel or fake disagree with the expectation on: {mismatches:?}"
+    );
+}
+
+#[test]
+fn kernel_errors_name_the_failing_element() {
+    let Some(_ns) = Netns::enter("kernel_errors_name_the_failing_element") else {
+        return;
+    };
+    let mut dp = Netlink::new().unwrap();
+    reset(&mut dp, &base_table());
+    // Thousands of fresh elements spread over several messages, one duplicate among them.
+    let mut t = tx();
+    let mut elems: Vec<(Key, Option<Verdict>)> = (0..5000u32)
+        .map(|i| {
+            (
+                mkey(&format!("10.3.{}.{}", i / 250, i % 250), 6, 8080),
+                goto("np_b"),
+            )
+        })
+        .collect();
+    elems.insert(3777, (mkey("10.0.0.1", 6, 80), goto("np_a")));
+    t.add_elements.insert("m".into(), elems);
+    let err = dp.apply(&t).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("add element 10.0.0.1 . tcp . 80 to map m: File exists"),
+        "error does not name the element: {msg}"
+    );
+    assert!(matches!(err, DataplaneError::Kernel { errno, .. } if errno == libc_eexist()));
+    assert_eq!(dp.dump("nftpol").unwrap(), Some(base_table()));
+}
+
+fn libc_eexist() -> i32 {
+    std::io::Error::from(std::io::ErrorKind::AlreadyExists)
+        .raw_os_error()
+        .unwrap_or(17)
+}
+
+#[test]
+fn identical_table_sends_nothing_and_replace_works_with_or_without_a_table() {
+    let Some(ns) = Netns::enter("identical_table_sends_nothing") else {
+        return;
+    };
+    let mut dp = Netlink::new().unwrap();
+    let t = every_variant_without_ingress();
+    // replace on a missing table
+    let mut full = diff(None, &t);
+    full.replace = true;
+    dp.apply(&full).unwrap();
+    let live = dp.dump("nftpol").unwrap();
+    assert_eq!(live.as_ref(), Some(&t));
+    let again = diff(live.as_ref(), &t);
+    assert!(again.is_empty(), "{again:?}");
+    let rep = dp.apply(&again).unwrap();
+    assert_eq!(rep.messages, 0);
+    assert_eq!(rep.bytes, 0);
+    // replace of an existing table, in one batch
+    dp.apply(&full).unwrap();
+    assert_eq!(dp.dump("nftpol").unwrap(), Some(t.clone()));
+    assert_eq!(
+        normalise(&ns.run(&["nft", "list", "table", "inet", "nftpol"])),
+        normalise(&render(&t))
+    );
+    // a changed base chain policy replaces the whole table
+    let mut t2 = t.clone();
+    t2.chains
+        .get_mut("input")
+        .unwrap()
+        .base
+        .as_mut()
+        .unwrap()
+        .policy = ChainPolicy::Accept;
+    let d = diff(Some(&t), &t2);
+    assert!(d.replace);
+    dp.apply(&d).unwrap();
+    assert_eq!(dp.dump("nftpol").unwrap(), Some(t2));
+}
+
+fn every_variant_without_ingress() -> Table {
+    let mut t = every_variant();
+    t.chains.remove("ing");
+    t
+}
+
+#[test]
+fn foreign_rules_are_detected_and_repaired() {
+    let Some(ns) = Netns::enter("foreign_rules_are_detected_and_repaired") else {
+        return;
+    };
+    let mut dp = Netlink::new().unwrap();
+    let t = base_table();
+    reset(&mut dp, &t);
+    ns.run(&[
+        "nft", "add", "rule", "inet", "nftpol", "np_a", "ip", "saddr", "1.2.3.4", "log",
+    ]);
+    ns.run(&[
+        "nft", "insert", "rule", "inet", "nftpol", "np_b", "ip", "saddr", "1.2.3.4", "tcp",
+        "sport", "22", "drop",
+    ]);
+    ns.run(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "nftpol",
+        "s4",
+        "{ 10.9.9.9 }",
+    ]);
+    let live = dp.dump("nftpol").unwrap().unwrap();
+    assert_ne!(live, t);
+    let foreign = live.chains["np_a"].rules.last().unwrap();
+    assert!(
+        foreign
+            .comment
+            .as_deref()
+            .unwrap()
+            .starts_with(nftpol::dataplane::FOREIGN_MARK)
+    );
+    let fix = diff(Some(&live), &t);
+    assert_eq!(fix.flush_chains.len(), 2, "{fix:?}");
+    assert_eq!(fix.stats().elements_deleted, 1);
+    dp.apply(&fix).unwrap();
+    assert_eq!(dp.dump("nftpol").unwrap(), Some(t));
+}
+
+#[test]
+fn dump_reads_only_our_table() {
+    let Some(ns) = Netns::enter("dump_reads_only_our_table") else {
+        return;
+    };
+    let mut dp = Netlink::new().unwrap();
+    assert_eq!(dp.dump("nftpol").unwrap(), None);
+    ns.nft_load(
+        "table inet other {\n\tset s4 { type ipv4_addr; elements = { 1.1.1.1 } }\n\tchain np_a { ip saddr @s4 drop; }\n\tchain forward { type filter hook forward priority 0; policy drop; }\n}\ntable ip nftpol {\n\tchain np_a {\n\t\taccept\n\t}\n}\n",
+    )
+    .unwrap();
+    assert_eq!(dp.dump("nftpol").unwrap(), None);
+    let t = base_table();
+    reset(&mut dp, &t);
+    assert_eq!(dp.dump("nftpol").unwrap(), Some(t));
+    // and the other tables are untouched
+    assert!(
+        ns.run(&["nft", "list", "table", "inet", "other"])
+            .contains("1.1.1.1")
+    );
+    assert!(
+        ns.run(&["nft", "list", "table", "ip", "nftpol"])
+            .contains("accept")
+    );
 }

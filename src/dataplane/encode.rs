@@ -130,6 +130,12 @@ pub(crate) struct Batch {
 pub enum EncodeError {
     #[error("set {0} is neither in the transaction nor in the kernel")]
     UnknownSet(Name),
+    #[error("set {set}: element {element}: {reason}")]
+    Element {
+        set: Name,
+        element: String,
+        reason: String,
+    },
     #[error("rule in chain {chain}: {source}")]
     Rule {
         chain: Name,
@@ -242,7 +248,7 @@ pub(crate) fn encode(
         let shape = shapes_all
             .get(set)
             .ok_or_else(|| EncodeError::UnknownSet(set.clone()))?;
-        write_elements(&mut e, set, shape, false, keys.iter().map(|k| (k, None)));
+        write_elements(&mut e, set, shape, false, keys.iter().map(|k| (k, None)))?;
     }
     for (set, elems) in &tx.add_elements {
         if elems.is_empty() {
@@ -257,7 +263,7 @@ pub(crate) fn encode(
             shape,
             true,
             elems.iter().map(|(k, v)| (k, v.as_ref())),
-        );
+        )?;
     }
     let interval = |n: &Name| shapes_all.get(n).is_some_and(|s| s.interval);
     for (chain, rules) in &tx.add_rules {
@@ -624,7 +630,7 @@ fn write_elements<'k>(
     shape: &SetShape,
     add: bool,
     elems: impl Iterator<Item = (&'k Key, Option<&'k Verdict>)>,
-) {
+) -> Result<(), EncodeError> {
     let (msg_type, flags) = if add {
         (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL)
     } else {
@@ -643,6 +649,22 @@ fn write_elements<'k>(
         }
     };
     for (key, verdict) in elems {
+        let problem = crate::nft::diff::check_key(&shape.key, shape.interval, key)
+            .err()
+            .or_else(|| match (add, shape.is_map, verdict.is_some()) {
+                (true, true, false) => Some("map element has no verdict".to_string()),
+                (true, false, true) => Some("set element has a verdict".to_string()),
+                _ => None,
+            });
+        if let Some(reason) = problem {
+            let mut element = String::new();
+            let _ = text::write_key(key, &mut element);
+            return Err(EncodeError::Element {
+                set: set.clone(),
+                element,
+                reason,
+            });
+        }
         if open.is_none() {
             let at = e.w.buf.len();
             let m = e.begin(
@@ -681,6 +703,7 @@ fn write_elements<'k>(
     if let Some(o) = open {
         close(e, o, index);
     }
+    Ok(())
 }
 
 fn write_rule(
@@ -737,7 +760,8 @@ fn write_rule(
 }
 
 fn rule_desc(chain: &Name, index: usize, rule: &Rule) -> String {
-    let mut s = format!("add rule {index} to chain {chain}: ");
+    let _ = index;
+    let mut s = format!("add rule to chain {chain}: ");
     let _ = text::write_rule(rule, &mut s);
     s
 }

@@ -846,12 +846,14 @@ impl DataplaneError {
     pub fn kind(&self) -> Option<ErrorKind> {
         match self {
             DataplaneError::Model(m) => Some(m.kind()),
+            DataplaneError::Encode(super::EncodeError::Element { .. }) => Some(ErrorKind::Invalid),
+            DataplaneError::Encode(super::EncodeError::UnknownSet(_)) => Some(ErrorKind::Missing),
             DataplaneError::Kernel { errno, .. } => Some(match *errno {
                 libc::EEXIST => ErrorKind::Exists,
                 libc::ENOENT => ErrorKind::Missing,
                 libc::EBUSY => ErrorKind::Busy,
                 libc::ENOTEMPTY => ErrorKind::Overlap,
-                libc::ELOOP => ErrorKind::Loop,
+                libc::ELOOP | libc::EMLINK => ErrorKind::Loop,
                 _ => ErrorKind::Invalid,
             }),
             _ => None,

@@ -443,12 +443,8 @@ fn apply_steps(work: &mut Option<Table>, tx: &Transaction) -> Result<(), ModelEr
                 missing: format!("chain {cname}"),
             });
         };
-        if !chain.rules.is_empty() {
-            return Err(ModelError::Busy {
-                object: obj,
-                user: format!("its own {} rules", chain.rules.len()),
-            });
-        }
+        // Like the kernel, deleting a chain deletes its rules; only references keep it.
+        let _ = chain;
         if let Some(user) = chain_user(t, cname) {
             return Err(ModelError::Busy { object: obj, user });
         }
@@ -662,7 +658,7 @@ fn check_part(t: KeyType, p: &KeyPart) -> Result<(), String> {
     }
 }
 
-fn check_key(types: &[KeyType], interval: bool, key: &Key) -> Result<(), String> {
+pub(crate) fn check_key(types: &[KeyType], interval: bool, key: &Key) -> Result<(), String> {
     if key.0.len() != types.len() {
         return Err(format!(
             "key has {} fields, the set's type has {}",
