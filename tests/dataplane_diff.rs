@@ -278,7 +278,6 @@ fn objects(listing: &str) -> Vec<String> {
             }
             continue;
         }
-        let line = line.replace(|c: char| c == '\n', "");
         let line = strip_counters(&line);
         // join wrapped element lists, then sort elements
         if line.starts_with("\t\t\t     ") {
