@@ -278,7 +278,7 @@ fn objects(listing: &str) -> Vec<String> {
             }
             continue;
         }
-        let line = strip_counters(&line);
+        let line = strip_counters(line);
         // join wrapped element lists, then sort elements
         if line.starts_with("\t\t\t     ") {
             cur.push(' ');
