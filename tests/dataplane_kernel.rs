@@ -639,6 +639,23 @@ fn every_variant() -> Table {
         ),
         r(
             vec![anon(
+                vec![Field::NfProto],
+                vec![k(vec![KeyPart::NfProto(2)]), k(vec![KeyPart::NfProto(10)])],
+            )],
+            accept(),
+        ),
+        r(
+            vec![anon(
+                vec![Field::Oifname],
+                vec![
+                    k(vec![KeyPart::Ifname("c".into())]),
+                    k(vec![KeyPart::Ifname("d".into())]),
+                ],
+            )],
+            accept(),
+        ),
+        r(
+            vec![anon(
                 vec![Field::L4Proto],
                 vec![k(vec![KeyPart::Proto(6)]), k(vec![KeyPart::Proto(17)])],
             )],

@@ -17,8 +17,8 @@ use super::ffi::{self, FfiError};
 use super::msg::*;
 use crate::nft::diff::padded_len;
 use crate::nft::model::{
-    AnonSet, BaseChain, Chain, ChainPolicy, Field, Hook, Key, KeyType, Match, Name, Rule, Set,
-    SetRef, Verdict,
+    AnonSet, BaseChain, Chain, ChainPolicy, Field, Hook, Key, KeyPart, KeyType, Match, Name, Rule,
+    Set, SetRef, Verdict,
 };
 use crate::nft::text;
 use crate::nft::transaction::Transaction;
@@ -415,13 +415,20 @@ const EXPR_META: u32 = 9;
 const EXPR_CONCAT: u32 = 13;
 
 /// The `typeof` description nft stores for one key expression: (expression type, data).
-fn typeof_field(f: Field, out: &mut Vec<u8>) {
+fn typeof_field(f: Field, l4: Option<u8>, out: &mut Vec<u8>) {
+    // nft's protocol description ids: th 11, or the concrete header the context names.
+    let th_desc = match l4 {
+        Some(crate::nft::model::proto::TCP) => 8,
+        Some(crate::nft::model::proto::UDP) => 6,
+        Some(crate::nft::model::proto::SCTP) => 10,
+        _ => 11,
+    };
     let (etype, a, b) = match f {
         Field::IpSaddr => (EXPR_PAYLOAD, 12, Some(11)),
         Field::IpDaddr => (EXPR_PAYLOAD, 12, Some(12)),
         Field::Ip6Saddr => (EXPR_PAYLOAD, 13, Some(8)),
         Field::Ip6Daddr => (EXPR_PAYLOAD, 13, Some(9)),
-        Field::ThDport => (EXPR_PAYLOAD, 11, Some(2)),
+        Field::ThDport => (EXPR_PAYLOAD, th_desc, Some(2)),
         Field::Icmpv6Type => (EXPR_PAYLOAD, 14, Some(1)),
         Field::L4Proto => (EXPR_META, expr::NFT_META_L4PROTO, None),
         Field::NfProto => (EXPR_META, expr::NFT_META_NFPROTO, None),
@@ -715,7 +722,18 @@ fn write_rule(
 ) -> Result<(), EncodeError> {
     // Anonymous sets first, bound to the rule by set id.
     let mut anon: Vec<(Name, u32)> = Vec::new();
+    // The transport protocol a `meta l4proto tcp` before the lookup established: nft then
+    // describes `th dport` as `tcp dport` in the set's user data.
+    let mut l4: Option<u8> = None;
     for m in &rule.matches {
+        if let Match::Cmp {
+            field: Field::L4Proto,
+            negate: false,
+            value: KeyPart::Proto(p),
+        } = m
+        {
+            l4 = Some(*p);
+        }
         if let Match::Lookup {
             key,
             set: SetRef::Anonymous(a),
@@ -724,7 +742,7 @@ fn write_rule(
         {
             e.next_set_id += 1;
             let id = e.next_set_id;
-            write_anon_set(e, chain, index, key, a, id);
+            write_anon_set(e, chain, index, key, a, id, l4);
             anon.push((Name::from("__set%d"), id));
         }
     }
@@ -773,6 +791,7 @@ fn write_anon_set(
     key: &[Field],
     a: &AnonSet,
     id: u32,
+    l4: Option<u8>,
 ) {
     let types: Vec<KeyType> = key.iter().map(|f| f.key_type()).collect();
     let concat = types.len() > 1;
@@ -811,7 +830,14 @@ fn write_anon_set(
     );
     let mut ud = std::mem::take(&mut e.scratch);
     ud.clear();
-    udata_u32(&mut ud, 0, key_byteorder(&types));
+    // An anonymous set takes its byte order from the key expression: meta keys are in host
+    // order, packet fields in network order.
+    let byteorder = match key {
+        [Field::L4Proto | Field::NfProto | Field::Iifname | Field::Oifname] => 1,
+        [_] => 2,
+        _ => 0,
+    };
+    udata_u32(&mut ud, 0, byteorder);
     if a.interval {
         udata_u32(&mut ud, 2, 1);
     }
@@ -827,14 +853,14 @@ fn write_anon_set(
             }
             let sub = udata_nest(&mut ud, i as u8);
             let mut one = Vec::new();
-            typeof_field(*f, &mut one);
+            typeof_field(*f, l4, &mut one);
             // typeof_field writes (type, data); in a concatenation they are SUB_TYPE, SUB_DATA.
             ud.extend_from_slice(&one);
             udata_end(&mut ud, sub);
         }
         udata_end(&mut ud, d);
     } else {
-        typeof_field(key[0], &mut ud);
+        typeof_field(key[0], l4, &mut ud);
     }
     udata_end(&mut ud, n);
     write_set_attrs(
@@ -989,7 +1015,6 @@ fn regs_of(fields: &[Field]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nft::model::KeyPart;
 
     #[test]
     fn ipv6_concatenations_skip_whole_registers() {
