@@ -90,6 +90,7 @@ impl Netlink {
     /// Sends one request and collects every reply message until the dump ends (or the ack).
     fn request(&mut self, w: &Writer, what: &str) -> Result<Vec<Vec<u8>>, DataplaneError> {
         ffi::send(self.fd(), &w.buf).map_err(io_err(format!("send {what}")))?;
+        let req_seq = msg_seq(&w.buf);
         let mut out = Vec::new();
         loop {
             let n = ffi::recv(self.fd(), &mut self.recv_buf, true)
@@ -103,6 +104,16 @@ impl Netlink {
             }
             let mut done = false;
             for m in messages(&self.recv_buf[..n]) {
+                let seq = msg_seq(m.raw);
+                let answers = match m.error() {
+                    Some((_, inner, _)) => inner == req_seq,
+                    None => seq == req_seq,
+                };
+                if !answers {
+                    // A late reply to an earlier request: not ours to consume.
+                    tracing::debug!(seq, req_seq, what, "skipping a stale netlink reply");
+                    continue;
+                }
                 if m.msg_type == NLMSG_DONE {
                     done = true;
                 } else if let Some((errno, _, _)) = m.error() {
@@ -222,6 +233,14 @@ impl Netlink {
         }
         Ok(shapes)
     }
+}
+
+/// The sequence number in a netlink message header.
+fn msg_seq(raw: &[u8]) -> u32 {
+    raw.get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)
+        .unwrap_or(0)
 }
 
 /// Lexical checks nft and the kernel would make anyway, done before building anything so the
