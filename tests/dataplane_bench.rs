@@ -24,6 +24,10 @@ use nftpol::nft::model::*;
 use nftpol::nft::text::render;
 use nftpol::nft::transaction::Transaction;
 
+fn accept_only() -> bool {
+    std::env::var_os("NFTPOL_BENCH_ACCEPT").is_some()
+}
+
 fn pod(i: usize) -> KeyPart {
     KeyPart::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32))
 }
@@ -85,7 +89,13 @@ fn big_table(elements: usize, rules: usize) -> Table {
                 KeyPart::Proto(if i % 2 == 0 { 6 } else { 17 }),
                 KeyPart::Port(80 + (i % 7) as u16),
             ]),
-            Some(Verdict::Goto(names[i % chains].clone())),
+            // NFTPOL_BENCH_ACCEPT=1: plain accept verdicts, to separate the kernel's jump
+            // validation cost from the rest.
+            Some(if accept_only() {
+                Verdict::Accept
+            } else {
+                Verdict::Goto(names[i % chains].clone())
+            }),
         );
     }
     t.sets.insert(m.name.clone(), m);
@@ -120,7 +130,7 @@ fn big_table(elements: usize, rules: usize) -> Table {
 }
 
 /// Loads `table` fresh through netlink; checks it reads back identical when `verify`.
-fn load(dp: &mut Netlink, table: &Table, verify: bool) -> (Duration, usize, usize) {
+fn load(dp: &mut Netlink, table: &Table, verify: bool) -> (Duration, usize, usize, Duration) {
     let tx = diff(None, table);
     let started = Instant::now();
     let report = dp.apply(&tx).expect("apply");
@@ -129,7 +139,7 @@ fn load(dp: &mut Netlink, table: &Table, verify: bool) -> (Duration, usize, usiz
         let back = dp.dump(&table.name).expect("dump").expect("table exists");
         assert!(back == *table, "table read back differs");
     }
-    (elapsed, report.messages, report.bytes)
+    (elapsed, report.messages, report.bytes, report.build)
 }
 
 fn nft_load(ns: &Netns, table: &Table) -> Duration {
@@ -195,7 +205,7 @@ fn full_sync_of_20k_elements_and_2k_rules_round_trips() {
     };
     let mut dp = Netlink::new().expect("netlink");
     let t = big_table(20_000, 2_000);
-    let (_, messages, _) = load(&mut dp, &t, true);
+    let (_, messages, _, _) = load(&mut dp, &t, true);
     assert!(
         messages > 20,
         "elements must span many messages: {messages}"
@@ -215,14 +225,14 @@ fn full_sync_of_1m_elements_and_100k_rules() {
     };
     let mut dp = Netlink::new().expect("netlink");
     let t = big_table(1_000_000, 100_000);
-    let (elapsed, messages, bytes) = load(&mut dp, &t, false);
+    let (elapsed, messages, bytes, build) = load(&mut dp, &t, false);
     let started = Instant::now();
     let back = dp.dump("nftpol").expect("dump").expect("table exists");
     let dump_time = started.elapsed();
     assert!(back == t, "table read back differs");
     eprintln!(
-        "FIGURE 1M elements + 100k rules: apply {elapsed:?} ({messages} messages, {bytes} bytes), \
-         dump {dump_time:?}"
+        "FIGURE 1M elements + 100k rules: apply {elapsed:?} ({messages} messages, {bytes} bytes, \
+         batch built in {build:?}), dump {dump_time:?}"
     );
     // An identical desired table sends nothing.
     assert!(diff(Some(&back), &t).is_empty());
@@ -243,7 +253,15 @@ fn figures() {
     let del = |ns: &Netns| {
         let _ = ns.try_run(&["nft", "delete", "table", "inet", "nftpol"]);
     };
-    for (elements, rules, runs) in [(100_000usize, 10_000usize, 5usize), (1_000_000, 100_000, 2)] {
+    // NFTPOL_BENCH_ELEMENTS=n measures only an n-element, n/10-rule table.
+    let sizes: Vec<(usize, usize, usize)> = match std::env::var("NFTPOL_BENCH_ELEMENTS") {
+        Ok(n) => {
+            let n: usize = n.parse().expect("NFTPOL_BENCH_ELEMENTS is a number");
+            vec![(n, n / 10, 5)]
+        }
+        Err(_) => vec![(100_000, 10_000, 5), (1_000_000, 100_000, 2)],
+    };
+    for (elements, rules, runs) in sizes {
         let t = big_table(elements, rules);
         let started = Instant::now();
         let tx = diff(None, &t);
@@ -251,10 +269,12 @@ fn figures() {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         let (mut msgs, mut bytes) = (0, 0);
+        let mut builds = Vec::new();
         for _ in 0..runs {
             del(&ns);
-            let (d, m, b) = load(&mut dp, &t, false);
+            let (d, m, b, bt) = load(&mut dp, &t, false);
             ours.push(d);
+            builds.push(bt);
             (msgs, bytes) = (m, b);
             del(&ns);
             theirs.push(nft_load(&ns, &t));
@@ -273,14 +293,16 @@ fn figures() {
         }
         eprintln!(
             "FIGURE fresh {elements} elements + {rules} rules: netlink {:?} (median of {runs}; \
-             {msgs} messages, {:.1} MB; diff() {diff_time:?}), nft -f {:?}, dump {dump_time:?}",
+             {msgs} messages, {:.1} MB, batch built in {:?}; diff() {diff_time:?}), nft -f {:?}, \
+             dump {dump_time:?}",
             median(ours),
             bytes as f64 / 1e6,
+            median(builds),
             median(theirs)
         );
         let _ = tx;
         // incremental batches against the big table
-        if elements == 100_000 {
+        if elements <= 100_000 {
             let mut times = Vec::new();
             let mut messages = 0;
             for round in 0..9 {
@@ -293,6 +315,43 @@ fn figures() {
             eprintln!(
                 "FIGURE incremental batch of {messages} messages into the {elements}-element table: {:?} (median of 9)",
                 median(times)
+            );
+            // What the incremental cost is made of.
+            let mut only_elements = Vec::new();
+            let mut only_rules = Vec::new();
+            for round in 0..9 {
+                let mut tx = Transaction::new(t.name.clone());
+                tx.add_elements.insert(
+                    "ingress_peer_port_v4".into(),
+                    (0..4)
+                        .map(|i| {
+                            (
+                                Key(vec![
+                                    pod(50_000 + i),
+                                    peer(round),
+                                    KeyPart::Proto(17),
+                                    KeyPart::Port(53),
+                                ]),
+                                Some(Verdict::Goto("np_1".into())),
+                            )
+                        })
+                        .collect(),
+                );
+                let started = Instant::now();
+                dp.apply(&tx).expect("elements");
+                only_elements.push(started.elapsed());
+                let mut tx = Transaction::new(t.name.clone());
+                tx.flush_chains.push("np_2".into());
+                tx.add_rules
+                    .push(("np_2".into(), t.chains["np_2"].rules.clone()));
+                let started = Instant::now();
+                dp.apply(&tx).expect("rules");
+                only_rules.push(started.elapsed());
+            }
+            eprintln!(
+                "FIGURE   of which: 4 goto map elements alone {:?}, refilling one 10-rule chain alone {:?}",
+                median(only_elements),
+                median(only_rules)
             );
         }
         del(&ns);

@@ -66,7 +66,9 @@ impl Dataplane for Fake {
                     .collect()
             })
             .unwrap_or_default();
+        let build_started = Instant::now();
         let batch = encode::encode(tx, 0, &shapes)?;
+        let build = build_started.elapsed();
         match slot {
             Some(t) => self.tables.insert(tx.table.clone(), t),
             None => self.tables.remove(&tx.table),
@@ -76,6 +78,7 @@ impl Dataplane for Fake {
             messages: batch.messages,
             bytes: batch.buf.len(),
             elapsed: started.elapsed(),
+            build,
         })
     }
 

@@ -30,6 +30,8 @@ pub struct ApplyReport {
     pub bytes: usize,
     /// Wall time from building the batch to the last reply.
     pub elapsed: Duration,
+    /// Of which building the batch in userspace (encoding, before the send).
+    pub build: Duration,
 }
 
 /// Programs and reads nftpol's table.

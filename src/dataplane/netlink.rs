@@ -295,7 +295,9 @@ impl Dataplane for Netlink {
         let started = Instant::now();
         check_transaction(tx)?;
         let shapes = self.shapes_for(tx)?;
+        let build_started = Instant::now();
         let batch = encode::encode(tx, self.seq, &shapes)?;
+        let build = build_started.elapsed();
         self.seq = batch.end_seq;
         if batch.buf.len() + 4096 > self.sndbuf {
             let want = (batch.buf.len() + 65536).min(i32::MAX as usize);
@@ -390,6 +392,7 @@ impl Dataplane for Netlink {
             messages: batch.messages,
             bytes: batch.buf.len(),
             elapsed: started.elapsed(),
+            build,
         };
         tracing::debug!(
             table = %tx.table,
