@@ -229,6 +229,7 @@ fn full_sync_of_1m_elements_and_100k_rules() {
     let started = Instant::now();
     let back = dp.dump("nftpol").expect("dump").expect("table exists");
     let dump_time = started.elapsed();
+    explain_difference(&back, &t);
     assert!(back == t, "table read back differs");
     eprintln!(
         "FIGURE 1M elements + 100k rules: apply {elapsed:?} ({messages} messages, {bytes} bytes, \

@@ -656,6 +656,39 @@ impl Netlink {
         w
     }
 
+    /// The elements of one set. The kernel walks a hash set afresh for every 32 KiB dump
+    /// message, skipping what it already sent; when the hash table resizes in between (it
+    /// does so on its own after big insertions), elements shift and some come twice while
+    /// others are missed. A duplicate is the visible sign: read the set again.
+    fn dump_elements(&mut self, table: &str, set: &str) -> Result<Vec<RawElem>, DataplaneError> {
+        for attempt in 0..8 {
+            let w = self.dump_request(NFT_MSG_GETSETELEM, &[(1, table), (2, set)], true);
+            let mut raw = Vec::new();
+            for r in self.request(&w, &format!("dump elements of set {set}"))? {
+                for m in messages(&r) {
+                    parse_elems(&m, &mut raw);
+                }
+            }
+            let mut seen = std::collections::HashSet::with_capacity(raw.len());
+            let duplicate = raw
+                .iter()
+                .any(|e| !seen.insert((e.key.as_slice(), e.key_end.as_deref(), e.end_flag)));
+            if !duplicate {
+                return Ok(raw);
+            }
+            tracing::debug!(
+                set,
+                attempt,
+                "set changed shape while it was read, reading again"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20 << attempt.min(4)));
+        }
+        Err(DataplaneError::Dump {
+            table: table.to_string(),
+            reason: format!("the elements of set {set} kept moving while they were read"),
+        })
+    }
+
     fn dump_once(&mut self, table: &str) -> Result<Option<Table>, DataplaneError> {
         let w = self.dump_request(NFT_MSG_GETTABLE, &[(1, table)], false);
         match self.request(&w, &format!("get table inet {table}")) {
@@ -734,13 +767,7 @@ impl Netlink {
         }
         let mut anon: HashMap<Name, Option<AnonSet>> = HashMap::new();
         for info in infos {
-            let w = self.dump_request(NFT_MSG_GETSETELEM, &[(1, table), (2, &info.name)], true);
-            let mut raw = Vec::new();
-            for r in self.request(&w, &format!("dump elements of set {}", info.name))? {
-                for m in messages(&r) {
-                    parse_elems(&m, &mut raw);
-                }
-            }
+            let raw = self.dump_elements(table, &info.name)?;
             let is_map = info.flags & encode::NFT_SET_MAP != 0;
             let supported_flags = encode::NFT_SET_ANONYMOUS
                 | encode::NFT_SET_CONSTANT
