@@ -81,10 +81,6 @@ impl Object {
     pub fn push(&mut self, key: &str, value: Json) {
         self.0.push((key.to_string(), value));
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Json)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v))
-    }
 }
 
 impl Json {
