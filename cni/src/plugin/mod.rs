@@ -369,10 +369,12 @@ mod tests {
     use std::collections::HashMap;
     use std::path::Path;
 
+    type Answer = Box<dyn Fn(&Request) -> Result<Response, AgentError>>;
+
     /// A fake agent: records requests, answers from a closure.
     struct Fake {
         seen: RefCell<Vec<(Request, Duration)>>,
-        answer: Box<dyn Fn(&Request) -> Result<Response, AgentError>>,
+        answer: Answer,
     }
 
     impl Fake {

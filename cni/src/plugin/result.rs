@@ -166,9 +166,7 @@ fn parse_address(s: &str) -> Option<IpAddr> {
     let addr: IpAddr = addr.parse().ok()?;
     if let Some(p) = prefix {
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        if p.parse::<u8>().ok().filter(|&p| p <= max).is_none() {
-            return None;
-        }
+        p.parse::<u8>().ok().filter(|&p| p <= max)?;
     }
     Some(addr)
 }
