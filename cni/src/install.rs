@@ -336,10 +336,14 @@ pub fn install(opts: &InstallOptions) -> Result<Report, InstallError> {
     let file = match &opts.conflist {
         Some(name) => {
             let file = opts.conf_dir.join(name);
-            if !file.exists() {
+            let converted = file.with_extension("conflist");
+            if file.exists() {
+                file
+            } else if !is_conflist(&file) && backup_of(&file).exists() && converted.exists() {
+                converted // we converted it on an earlier run
+            } else {
                 return Err(InstallError::ConfigMissing { file });
             }
-            file
         }
         None => active_config(&opts.conf_dir)?.ok_or_else(|| InstallError::NoConfig {
             dir: opts.conf_dir.clone(),
@@ -790,6 +794,12 @@ fn chain_into_conflist(
     check_versions(doc)?;
     let mut obj = doc.obj.clone();
     let plugins = plugins_mut(&mut obj, doc)?;
+    if plugins.iter().all(is_ours) {
+        return Err(doc.invalid(
+            "no plugin to chain after: nftpol needs the plugin that creates the pod's \
+             interface before it",
+        ));
+    }
     let pristine = !plugins.iter().any(is_ours);
     let action = if pristine {
         let mut entry = Object::new();
@@ -814,6 +824,13 @@ fn chain_into_conflist(
             }
             true
         });
+        if plugins.first().is_some_and(is_ours) {
+            report.warnings.push(format!(
+                "{}: nftpol is the first plugin; it gets no prevResult there and every ADD \
+                 will fail: move it after the plugin that creates the pod's interface",
+                doc.path.display()
+            ));
+        }
         Action::EntryUpdated {
             file: doc.path.clone(),
         }

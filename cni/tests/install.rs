@@ -219,6 +219,19 @@ fn an_existing_entry_is_updated_in_place_keeping_the_operators_keys() {
     }));
     // Not pristine: no backup of a file that already had our entry.
     assert_eq!(h.listing(), ["10-x.conflist"]);
+    assert!(report.warnings.is_empty());
+
+    // Put first by hand: kept there (the operator's choice), but flagged.
+    fs::write(
+        h.conf("10-x.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"nftpol"},{"type":"ptp"}]}"#,
+    )
+    .unwrap();
+    let report = install::install(&h.opts()).unwrap();
+    assert!(
+        report.warnings[0].contains("nftpol is the first plugin"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -483,6 +496,18 @@ fn errors_name_the_file_and_the_problem() {
     let e = install_err(&h.opts());
     assert!(e.contains("\"1.2.0\" is not supported"), "{e}");
 
+    // Nothing to chain after.
+    fs::write(
+        h.conf("10-bad.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"x","plugins":[]}"#,
+    )
+    .unwrap();
+    let e = install_err(&h.opts());
+    assert!(
+        e.contains("10-bad.conflist") && e.contains("no plugin to chain after"),
+        "{e}"
+    );
+
     // A conflist by mistake in a .conf file.
     fs::remove_file(h.conf("10-bad.conflist")).unwrap();
     fs::write(
@@ -529,4 +554,29 @@ fn converting_would_not_overwrite_someone_elses_conflist() {
     let e = install::install(&h.opts()).unwrap_err();
     assert!(matches!(e, InstallError::Conflict { .. }), "{e}");
     assert_eq!(h.read("bridge.conf"), fixture("bridge.conf"));
+}
+
+#[test]
+fn a_converted_conf_stays_converted_across_reinstalls_and_owner_rewrites() {
+    let h = Host::with(&["bridge.conf"]);
+    let named = InstallOptions {
+        conflist: Some("bridge.conf".into()),
+        ..h.opts()
+    };
+    install::install(&named).unwrap();
+    // Naming the original file again finds our conversion.
+    assert!(!install::install(&named).unwrap().changed());
+    // The network plugin writes its .conf again (it would shadow our .conflist): install
+    // converts the new one and keeps it as the backup.
+    let rewritten = fixture("bridge.conf").replace("10.88.0.0/16", "10.89.0.0/16");
+    fs::write(h.conf("bridge.conf"), &rewritten).unwrap();
+    install::install(&h.opts()).unwrap();
+    assert_eq!(h.listing(), ["bridge.conf.nftpol-orig", "bridge.conflist"]);
+    assert_eq!(
+        h.read("bridge.conflist"),
+        fixture("bridge.conflist.golden").replace("10.88.0.0/16", "10.89.0.0/16")
+    );
+    install::uninstall(&h.uninstall_opts()).unwrap();
+    assert_eq!(h.listing(), ["bridge.conf"]);
+    assert_eq!(h.read("bridge.conf"), rewritten);
 }
