@@ -8,6 +8,7 @@
 # the agent (`nft` in the nftpol image) and from the node container itself, plus the CNI
 # configuration the runtime uses. A step that fails is noted and the rest still runs.
 set -euo pipefail
+shopt -s inherit_errexit
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -2,6 +2,7 @@
 # Delete the kind cluster made by up.sh and the stand-in database of smoke.sh.
 # Downloads stay cached in $E2E_CACHE_DIR.
 set -euo pipefail
+shopt -s inherit_errexit
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

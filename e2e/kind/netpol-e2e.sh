@@ -17,6 +17,7 @@
 # Override with NETPOL_FOCUS / NETPOL_SKIP. On failure, collect-logs.sh runs (unless
 # NFTPOL_COLLECT_ON_FAILURE=0) and the JUnit report is in $ARTIFACTS.
 set -euo pipefail
+shopt -s inherit_errexit
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

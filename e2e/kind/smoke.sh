@@ -10,6 +10,7 @@
 # exists, a baseline proves every path works, so a later TIMEOUT means a policy drop and not
 # a broken network. Checks retry for SMOKE_TIMEOUT seconds (policies apply asynchronously).
 set -euo pipefail
+shopt -s inherit_errexit
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -7,6 +7,7 @@
 # Needs docker, kind (v0.29.x, see KIND_NODE_IMAGE in lib.sh), kubectl, helm 3.8+, curl.
 # Safe to re-run: an existing cluster is reused and the release upgraded.
 set -euo pipefail
+shopt -s inherit_errexit
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
