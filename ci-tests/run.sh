@@ -18,7 +18,7 @@ python=${PYTHON:-python3}
 
 req="$here/requirements.txt"
 key=$(sha256sum "$req" | cut -c1-12)
-venv=${NFTPOL_CI_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/nftpol/ci-venv-$key}
+venv=${NFTPOL_CI_VENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/nftpol/ci-venv-$key}
 if [[ ! -f $venv/.installed ]]; then
 	rm -rf "$venv"
 	"$python" -m venv "$venv"

@@ -247,6 +247,12 @@ def paths_cargo_needs() -> list[str]:
             for target in manifest.get(kind, []):
                 path = target.get("path") or f"{default_dir}/{target['name']}.rs"
                 need.append(prefix + path)
+    # Every source file of the crates the image builds (module files, build scripts).
+    for name in ("nftpol", "nftpol-cni"):
+        d = ROOT / workspace()[name]["_dir"]
+        need += [f.relative_to(ROOT).as_posix() for f in (d / "src").rglob("*") if f.is_file()]
+        if (d / "build.rs").exists():
+            need.append((d / "build.rs").relative_to(ROOT).as_posix())
     # Files pulled into the crates at compile time.
     for src in ROOT.glob("**/src/**/*.rs"):
         rel = src.relative_to(ROOT).as_posix()

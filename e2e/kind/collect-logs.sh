@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gather everything needed to debug a failed run into one directory:
 #
-#   e2e/kind/collect-logs.sh [OUTDIR]     # default: _artifacts/logs-<timestamp>
+#   e2e/kind/collect-logs.sh [OUTDIR]     # default: target/kind-artifacts/logs-<timestamp>
 #
 # kind's own export (kubelet, containerd, journal of every node), cluster state, the agents'
 # logs (current and previous container), and every node's ruleset, read two ways: through

@@ -25,7 +25,8 @@ NFTPOL_REPO_ROOT=$(cd "$KIND_DIR/../.." && pwd)
 : "${NFTPOL_RELEASE:=nftpol}"
 : "${NFTPOL_HELM_TIMEOUT:=5m}"
 : "${E2E_CACHE_DIR:=${XDG_CACHE_HOME:-$HOME/.cache}/nftpol-e2e}"
-: "${ARTIFACTS:=$NFTPOL_REPO_ROOT/_artifacts}"
+# Under target/: ignored by git and by the docker build context.
+: "${ARTIFACTS:=$NFTPOL_REPO_ROOT/target/kind-artifacts}"
 # The upstream NetworkPolicy suite ("[sig-network] Netpol ..."), without SCTP: see
 # netpol-e2e.sh for why.
 : "${NETPOL_FOCUS:=\[sig-network\] Netpol }"
