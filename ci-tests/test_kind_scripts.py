@@ -44,7 +44,7 @@ def test_shellcheck_clean() -> None:
     proc = subprocess.run(
         [tool("shellcheck"), "--external-sources", "--severity=style",
          "--enable=check-unassigned-uppercase,avoid-nullary-conditions,deprecate-which,quote-safe-variables",
-         *map(str, SCRIPTS)], capture_output=True, text=True, cwd=KIND)
+         *map(str, SCRIPTS), str(ROOT / "ci-tests" / "run.sh")], capture_output=True, text=True, cwd=KIND)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -197,6 +197,9 @@ case "$name $*" in
 "kind get clusters"*) printf '%s' "${STUB_CLUSTERS:-}" ;;
 "kind get nodes"*) printf '%s\n' nftpol-control-plane nftpol-worker nftpol-worker2 ;;
 "kind get kubeconfig"*) echo "apiVersion: v1" ;;
+"docker exec "*" sysctl -n net.bridge.bridge-nf-call-iptables")
+	[[ -n ${STUB_NO_BR_NETFILTER:-} ]] && exit 1
+	echo "${STUB_BRIDGE_NF:-1}" ;;
 "kubectl "*"get --raw /version"*) printf '{\n  "gitVersion": "v1.33.1",\n  "platform": "linux/amd64"\n}\n' ;;
 curl*)
 	out=
@@ -274,6 +277,8 @@ def test_up_sh_builds_the_cluster_in_order(stubs: dict[str, Any]) -> None:
     cp = [i for i, line in enumerate(log) if line.startswith("docker cp ")]
     assert [log[i].split()[-1] for i in cp] == [f"{n}:/opt/cni/bin/bridge" for n in
                                                 ("nftpol-control-plane", "nftpol-worker", "nftpol-worker2")]
+    br = [i for i, line in enumerate(log) if "sysctl -n net.bridge.bridge-nf-call-iptables" in line]
+    assert len(br) == 3
     flannel = index_of(log, "kubectl --context kind-nftpol apply -f "
                             "https://github.com/flannel-io/flannel/releases/download/v0.27.4/kube-flannel.yml")
     build = index_of(log, "docker build -t nftpol:e2e")
@@ -281,7 +286,8 @@ def test_up_sh_builds_the_cluster_in_order(stubs: dict[str, Any]) -> None:
     install = index_of(log, "helm upgrade --install nftpol")
     rollout = index_of(log, "kubectl --context kind-nftpol -n kube-system rollout status daemonset/nftpol")
     # The plugin is chained into the conflist flannel writes, so flannel comes first.
-    assert create < cp[0] < flannel < build < load < install < rollout
+    assert create < cp[0] < br[0] < flannel < build < load < install < rollout
+    assert not any("sysctl -w" in line for line in log), "already 1: left alone"
     assert log[install].split()[1:] == helm_words(stubs["env"])
     assert log[index_of(log, "docker build")].endswith(f"-f {ROOT / 'Dockerfile'} {ROOT}")
 
@@ -431,3 +437,16 @@ def test_smoke_fails_against_a_cluster_that_drops_nothing(stubs: dict[str, Any])
     assert proc.returncode == 1
     assert proc.stdout.strip() == "11 passed, 4 failed"
     assert "FAIL tenant-b/outsider -> web.tenant-a.svc.cluster.local:80: want TIMEOUT, got OK" in proc.stderr
+
+
+def test_up_sh_needs_br_netfilter(stubs: dict[str, Any]) -> None:
+    proc = bash(f'"{KIND / "up.sh"}"', env=dict(stubs["env"], STUB_NO_BR_NETFILTER="1"))
+    assert proc.returncode != 0 and "sudo modprobe br_netfilter" in proc.stderr
+    assert not any(line.startswith("kubectl") for line in calls(stubs)), "stops before flannel"
+
+
+def test_up_sh_turns_bridge_filtering_on(stubs: dict[str, Any]) -> None:
+    proc = bash(f'"{KIND / "up.sh"}"', env=dict(stubs["env"], STUB_BRIDGE_NF="0"))
+    assert proc.returncode == 0, proc.stderr
+    sets = [line for line in calls(stubs) if "sysctl -w net.bridge.bridge-nf-call-iptables=1" in line]
+    assert [line.split()[2] for line in sets] == ["nftpol-control-plane", "nftpol-worker", "nftpol-worker2"]

@@ -9,7 +9,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 main() {
 	require_tools kind docker
 	docker rm -f "$DEMO_DB_CONTAINER" >/dev/null 2>&1 || true
-	if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER_NAME"; then
+	local clusters
+	clusters=$(kind get clusters 2>/dev/null || true)
+	if grep -qx "$KIND_CLUSTER_NAME" <<<"$clusters"; then
 		kind delete cluster --name "$KIND_CLUSTER_NAME"
 	else
 		log "no kind cluster named $KIND_CLUSTER_NAME"

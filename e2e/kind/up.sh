@@ -12,7 +12,9 @@ shopt -s inherit_errexit
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 create_cluster() {
-	if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER_NAME"; then
+	local clusters
+	clusters=$(kind get clusters 2>/dev/null || true)
+	if grep -qx "$KIND_CLUSTER_NAME" <<<"$clusters"; then
 		log "cluster $KIND_CLUSTER_NAME exists, reusing it"
 		return 0
 	fi
@@ -37,6 +39,23 @@ install_cni_plugins() {
 	for node in $nodes; do
 		log "installing the bridge CNI plugin on $node"
 		docker cp "$dir/bridge" "$node:/opt/cni/bin/bridge"
+	done
+}
+
+# Pods on one node talk over flannel's bridge (cni0); nftables' forward hook sees that
+# traffic only with br_netfilter and bridge-nf-call-iptables=1 in the node's namespace.
+# kind nodes share the host's kernel and cannot load the module themselves.
+check_br_netfilter() {
+	local nodes node value
+	nodes=$(kind get nodes --name "$KIND_CLUSTER_NAME")
+	for node in $nodes; do
+		if ! value=$(docker exec "$node" sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null); then
+			die "br_netfilter is not loaded on this host: run 'sudo modprobe br_netfilter' and retry"
+		fi
+		if [[ $value != 1 ]]; then
+			log "enabling net.bridge.bridge-nf-call-iptables on $node"
+			docker exec "$node" sysctl -w net.bridge.bridge-nf-call-iptables=1 >/dev/null
+		fi
 	done
 }
 
@@ -81,6 +100,7 @@ main() {
 	require_tools docker kind kubectl helm curl tar sha256sum
 	create_cluster
 	install_cni_plugins
+	check_br_netfilter
 	install_flannel
 	build_image
 	load_image
