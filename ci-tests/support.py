@@ -2,7 +2,8 @@
 Helm's own library, and validating objects against the Kubernetes JSON schemas.
 
 The Kubernetes versions tested are read from the repository, not repeated here: the
-chart's minimum (Chart.yaml kubeVersion) and the version the kind scripts pin (lib.sh).
+chart's minimum (Chart.yaml kubeVersion) and the version the kind scripts pin (lib.sh),
+plus the newest release the pinned kubernetes-validate has schemas for.
 """
 
 from __future__ import annotations
@@ -55,8 +56,14 @@ def kind_k8s_version() -> str:
     return m.group(1)
 
 
+def newest_schema_version() -> str:
+    """The newest Kubernetes release kubernetes-validate has schemas for."""
+    return ".".join(kubernetes_validate.utils.latest_version().split(".")[:2])
+
+
 def k8s_versions() -> list[str]:
-    return sorted({min_k8s_version(), kind_k8s_version()},
+    """Oldest supported, the kind e2e cluster's, and the newest there are schemas for."""
+    return sorted({min_k8s_version(), kind_k8s_version(), newest_schema_version()},
                   key=lambda v: tuple(int(x) for x in v.split(".")))
 
 
