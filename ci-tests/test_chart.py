@@ -310,6 +310,7 @@ def test_install_cni_command_line_and_mounts(rendered: Rendered) -> None:
         expected["conflist"] = cni["conflist"]
     if cni["uninstall"]:
         expected["uninstall"] = True
+        expected["remove-binary"] = True
     assert args == expected
     mounts = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
     assert mounts == {"/host/opt/cni/bin": "cni-bin", "/host/etc/cni/net.d": "cni-conf"}
