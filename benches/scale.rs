@@ -227,22 +227,36 @@ fn render_memory(g: &Generated) {
         return;
     }
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    // GNU time reports the peak RSS of exactly this process.
     let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nftpol"))
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(env!("CARGO_BIN_EXE_nftpol"))
         .args(["render", "--node", LOCAL_NODE, "-f"])
         .arg(&path)
+        .stdout(std::process::Stdio::null())
         .output();
     let elapsed = t.elapsed();
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
-    match (out, usage) {
-        (Ok(o), Ok(u)) if o.status.success() => println!(
-            "   nftpol render of a {:.0} MB JSON List: {:.1} s, peak RSS {:.0} MiB",
-            size as f64 / 1e6,
-            elapsed.as_secs_f64(),
-            u.max_rss() as f64 / 1024.0
+    match out {
+        Ok(o) if o.status.success() => {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let kib: f64 = stderr
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(f64::NAN);
+            println!(
+                "   nftpol render of a {:.0} MB JSON List: {:.1} s, peak RSS {:.0} MiB",
+                size as f64 / 1e6,
+                elapsed.as_secs_f64(),
+                kib / 1024.0
+            );
+        }
+        Ok(o) => eprintln!(
+            "render failed (is GNU time installed?): {}",
+            String::from_utf8_lossy(&o.stderr)
         ),
-        (Ok(o), _) => eprintln!("render failed: {}", String::from_utf8_lossy(&o.stderr)),
-        (Err(e), _) => eprintln!("cannot run nftpol: {e}"),
+        Err(e) => eprintln!("cannot run /usr/bin/time: {e}"),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
