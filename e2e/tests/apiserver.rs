@@ -546,6 +546,51 @@ async fn watchers_of_pods_namespaces_and_policies_list_once_then_follow_changes(
     .await;
 }
 
+/// The requests kube-runtime 5's default watcher makes, which the server must answer right:
+/// a most-recent LIST in pages of 500, then a WATCH from the list's version with bookmarks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_watcher_lists_in_pages_of_500_then_watches_from_the_list_version() {
+    let server = start();
+    server
+        .create_all((0..501).map(|i| pod("w", &format!("p-{i:03}"), "node-a")))
+        .expect("seed");
+    let list_rv = server.resource_version().to_string();
+    let mut events = watch(
+        Api::<Pod>::all(client(&server).await),
+        watcher::Config::default(),
+    );
+    let (got, _) = take(&mut events, 503).await;
+    assert_eq!(describe(&got[502]), "InitDone");
+    eventually("the watch to be open", STEP, || {
+        server.open_watches(Kind::Pod) == 1
+    })
+    .await;
+    let pairs = |q: &[(String, String)]| {
+        q.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+    };
+    let log: Vec<Vec<String>> = server
+        .request_log()
+        .iter()
+        .filter(|r| r.path == "/api/v1/pods")
+        .map(|r| pairs(&r.query))
+        .collect();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log[0], ["limit=500"]);
+    assert_eq!(log[1][0], "limit=500");
+    assert!(log[1][1].starts_with("continue="), "{log:?}");
+    assert_eq!(
+        log[2],
+        [
+            "watch=true",
+            "timeoutSeconds=290",
+            "allowWatchBookmarks=true",
+            &format!("resourceVersion={list_rv}")
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reflector_converges_while_objects_change_concurrently() {
     let server = Arc::new(start());
