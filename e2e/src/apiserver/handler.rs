@@ -408,8 +408,8 @@ fn selectors(kind: Kind, request: &Request) -> Result<(LabelSelector, FieldSelec
 }
 
 fn matches(labels: &LabelSelector, fields: &FieldSelector, obj: &Obj) -> bool {
-    (labels.is_empty() || labels.matches(&obj.labels))
-        && (fields.is_empty() || fields.matches(&obj.namespace, &obj.name, &obj.fields))
+    (labels.is_empty() || labels.matches(|key| obj.label(key)))
+        && (fields.is_empty() || fields.matches(&obj.namespace, &obj.name, |i| obj.field(i)))
 }
 
 fn parse_rv(text: &str) -> Result<u64, ApiError> {

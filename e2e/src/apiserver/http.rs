@@ -287,14 +287,16 @@ pub(crate) fn start_chunked(out: &mut impl Write, code: u16, content_type: &str)
     out.flush()
 }
 
-/// Writes one chunk (nothing for empty data: an empty chunk would end the body).
+/// Writes one chunk in one write (nothing for empty data: an empty chunk would end the body).
 pub(crate) fn write_chunk(out: &mut impl Write, data: &[u8]) -> io::Result<()> {
     if data.is_empty() {
         return Ok(());
     }
-    write!(out, "{:x}\r\n", data.len())?;
-    out.write_all(data)?;
-    out.write_all(b"\r\n")?;
+    let mut chunk = Vec::with_capacity(data.len() + 20);
+    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    out.write_all(&chunk)?;
     out.flush()
 }
 

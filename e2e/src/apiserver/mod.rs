@@ -168,6 +168,18 @@ impl fmt::Display for RequestRecord {
     }
 }
 
+/// Sizes of the store ([`Server::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Objects of all kinds.
+    pub objects: usize,
+    /// Bytes of their stored JSON.
+    pub json_bytes: usize,
+    /// Changes kept in the history.
+    pub history: usize,
+    pub resource_version: u64,
+}
+
 /// Mutable state, under one mutex with one condition variable (`Shared::changed`) that is
 /// notified on every change a waiting thread may care about.
 struct State {
@@ -597,6 +609,18 @@ impl Server {
         let mut events = self.objects(Kind::CoreEvent);
         events.extend(self.objects(Kind::Event));
         events
+    }
+
+    /// What the server holds, for scale figures.
+    pub fn stats(&self) -> StoreStats {
+        let state = self.shared.lock();
+        let (objects, json_bytes, history) = state.store.sizes();
+        StoreStats {
+            objects,
+            json_bytes,
+            history,
+            resource_version: state.store.resource_version(),
+        }
     }
 
     /// The current (global) resource version.

@@ -43,9 +43,8 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
-    /// Whether labels (key, value pairs) satisfy every requirement.
-    pub(crate) fn matches(&self, labels: &[(Box<str>, Box<str>)]) -> bool {
-        let get = |key: &str| labels.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v);
+    /// Whether an object whose label values `get` returns satisfies every requirement.
+    pub(crate) fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.0.iter().all(|req| match req {
             LabelReq::Eq(k, v) => get(k) == Some(v.as_str()),
             LabelReq::NotEq(k, v) => get(k) != Some(v.as_str()),
@@ -152,6 +151,54 @@ fn valid_value(value: &str, term: &str) -> Result<String, String> {
     }
 }
 
+/// Checks a label as kube-apiserver validates object labels: the key is an optional DNS
+/// subdomain prefix and `/` then a name of at most 63 characters (alphanumerics, `-`, `_`,
+/// `.`, starting and ending alphanumeric); the value is empty or such a name.
+pub(crate) fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    fn qualified_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && name
+                .as_bytes()
+                .first()
+                .is_some_and(u8::is_ascii_alphanumeric)
+            && name
+                .as_bytes()
+                .last()
+                .is_some_and(u8::is_ascii_alphanumeric)
+    }
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    if !prefix_ok || !qualified_name(name) {
+        return Err(format!(
+            "metadata.labels: Invalid value: {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (an optional prefix is a DNS subdomain)"
+        ));
+    }
+    if !value.is_empty() && !qualified_name(value) {
+        return Err(format!(
+            "metadata.labels: Invalid value: {value:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
+    }
+    Ok(())
+}
+
 /// Which indexed field a field selector term reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -209,13 +256,19 @@ impl FieldSelector {
         Ok(Self(terms))
     }
 
-    /// Whether an object with this namespace, name and indexed field values matches.
-    pub(crate) fn matches(&self, namespace: &str, name: &str, fields: &[Box<str>]) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let have = match field {
+    /// Whether an object with this namespace, name and indexed field values (`field(i)`:
+    /// the value of [`Kind::fields`]`[i]`) matches.
+    pub(crate) fn matches<'a>(
+        &self,
+        namespace: &str,
+        name: &str,
+        field: impl Fn(usize) -> &'a str,
+    ) -> bool {
+        self.0.iter().all(|(f, equal, value)| {
+            let have = match f {
                 Field::Name => name,
                 Field::Namespace => namespace,
-                Field::Indexed(i) => fields.get(*i).map_or("", |v| &**v),
+                Field::Indexed(i) => field(*i),
             };
             (have == value) == *equal
         })
@@ -230,17 +283,10 @@ impl FieldSelector {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> Vec<(Box<str>, Box<str>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
-    }
-
     fn matches(selector: &str, pairs: &[(&str, &str)]) -> bool {
         LabelSelector::parse(selector)
             .unwrap_or_else(|e| panic!("{selector}: {e}"))
-            .matches(&labels(pairs))
+            .matches(|key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
     }
 
     #[test]
@@ -279,16 +325,38 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_validated_like_the_api_server_does() {
+        for (key, value) in [
+            ("app", "web"),
+            ("example.com/tier", ""),
+            ("a_b.c-d", "X.y_z-1"),
+        ] {
+            assert_eq!(validate_label(key, value), Ok(()), "{key}={value}");
+        }
+        let long = "x".repeat(64);
+        for (key, value) in [
+            ("", "x"),
+            ("-app", "x"),
+            ("Example.com/app", "x"),
+            ("app", "-x"),
+            ("app", "has space"),
+            ("app", long.as_str()),
+        ] {
+            assert!(validate_label(key, value).is_err(), "{key}={value}");
+        }
+    }
+
+    #[test]
     fn field_selectors_only_accept_fields_the_kind_indexes() {
         let sel = FieldSelector::parse(
             "spec.nodeName=node-a,metadata.namespace!=kube-system",
             Kind::Pod,
         )
         .expect("pod selector");
-        let node = |n: &str| vec![Box::<str>::from(n)];
-        assert!(sel.matches("default", "p", &node("node-a")));
-        assert!(!sel.matches("kube-system", "p", &node("node-a")));
-        assert!(!sel.matches("default", "p", &node("node-b")));
+        let on = |node: &'static str| move |i: usize| if i == 0 { node } else { "" };
+        assert!(sel.matches("default", "p", on("node-a")));
+        assert!(!sel.matches("kube-system", "p", on("node-a")));
+        assert!(!sel.matches("default", "p", on("node-b")));
         let err = FieldSelector::parse("spec.nodeName=x", Kind::NetworkPolicy).expect_err("netpol");
         assert!(
             err.contains("field label not supported: spec.nodeName"),

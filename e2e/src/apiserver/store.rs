@@ -16,7 +16,7 @@
 //!
 //! Objects are immutable once stored; a change stores a new `Arc<Obj>`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 
 use super::kinds::{KIND_COUNT, Kind};
 use super::meta;
+use super::selector;
 
 /// An error the API answers with a `Status` object (and the control API returns as is).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,15 +164,19 @@ impl ApiError {
     }
 }
 
-/// One stored object version.
+/// One stored object version. Kept compact (four heap blocks besides the shared
+/// namespace): 150 000 pods must fit comfortably.
 #[derive(Debug)]
 pub(crate) struct Obj {
-    pub(crate) namespace: Box<str>,
-    pub(crate) name: Box<str>,
+    /// Interned: shared by every object of the namespace.
+    pub(crate) namespace: Arc<str>,
+    /// Shared with the map key and the object's other versions.
+    pub(crate) name: Arc<str>,
     pub(crate) rv: u64,
-    pub(crate) labels: Box<[(Box<str>, Box<str>)]>,
-    /// Values of [`Kind::fields`], in that order.
-    pub(crate) fields: Box<[Box<str>]>,
+    /// Labels as `key\0value\0key\0value` (label syntax excludes NUL).
+    labels: Box<str>,
+    /// Values of [`Kind::fields`], in that order, NUL-separated.
+    fields: Box<str>,
     /// The object as a JSON object without `apiVersion`/`kind` (never empty: it has metadata).
     pub(crate) json: Box<[u8]>,
 }
@@ -201,9 +206,29 @@ impl Obj {
     fn key(&self) -> Key {
         (self.namespace.clone(), self.name.clone())
     }
+
+    /// The value of a label.
+    pub(crate) fn label(&self, key: &str) -> Option<&str> {
+        let mut parts = self.labels.split('\0');
+        while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+            if k == key {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The value of the kind's `i`-th indexed field ([`Kind::fields`]).
+    pub(crate) fn field(&self, i: usize) -> &str {
+        self.fields.split('\0').nth(i).unwrap_or("")
+    }
 }
 
-type Key = (Box<str>, Box<str>);
+type Key = (Arc<str>, Arc<str>);
+
+fn key_of(namespace: &str, name: &str) -> Key {
+    (Arc::from(namespace), Arc::from(name))
+}
 
 /// What a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +266,8 @@ pub(crate) struct Preconditions {
 pub(crate) struct Store {
     rv: u64,
     objects: [BTreeMap<Key, Arc<Obj>>; KIND_COUNT],
+    /// Interned namespace names.
+    namespaces: HashSet<Arc<str>>,
     history: VecDeque<Change>,
     history_limit: usize,
     /// Requests at a resource version below this answer 410.
@@ -256,6 +283,7 @@ impl Store {
             // etcd starts at 1; clients treat "0" as "any".
             rv: 1,
             objects: Default::default(),
+            namespaces: HashSet::new(),
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted: 0,
@@ -271,13 +299,25 @@ impl Store {
         self.compacted
     }
 
+    /// (objects, bytes of their JSON, changes in the history).
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        let objects = self.objects.iter().map(BTreeMap::len).sum();
+        let bytes = self
+            .objects
+            .iter()
+            .flat_map(BTreeMap::values)
+            .map(|o| o.json.len())
+            .sum();
+        (objects, bytes, self.history.len())
+    }
+
     pub(crate) fn count(&self, kind: Kind) -> usize {
         self.objects[kind.index()].len()
     }
 
     pub(crate) fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Obj>> {
         self.objects[kind.index()]
-            .get(&(Box::from(namespace), Box::from(name)))
+            .get(&key_of(namespace, name))
             .cloned()
     }
 
@@ -287,7 +327,7 @@ impl Store {
         match namespace {
             None => map.values().cloned().collect(),
             Some(ns) => map
-                .range((Box::from(ns), Box::from(""))..)
+                .range(key_of(ns, "")..)
                 .take_while(|((n, _), _)| &**n == ns)
                 .map(|(_, o)| o.clone())
                 .collect(),
@@ -347,8 +387,8 @@ impl Store {
             }
         }
         let start: Bound<Key> = match (after, namespace) {
-            (Some((ns, name)), _) => Bound::Excluded((ns.into(), name.into())),
-            (None, Some(ns)) => Bound::Included((ns.into(), "".into())),
+            (Some((ns, name)), _) => Bound::Excluded(key_of(ns, name)),
+            (None, Some(ns)) => Bound::Included(key_of(ns, "")),
             (None, None) => Bound::Unbounded,
         };
         let bounds = (start, Bound::<Key>::Unbounded);
@@ -424,6 +464,15 @@ impl Store {
         Ok((out, self.rv))
     }
 
+    fn intern(&mut self, namespace: &str) -> Arc<str> {
+        if let Some(ns) = self.namespaces.get(namespace) {
+            return ns.clone();
+        }
+        let ns: Arc<str> = Arc::from(namespace);
+        self.namespaces.insert(ns.clone());
+        ns
+    }
+
     fn record(&mut self, change: Change) {
         self.history.push_back(change);
         while self.history.len() > self.history_limit {
@@ -487,7 +536,8 @@ impl Store {
         map.insert("metadata".into(), Value::Object(meta));
         apply_defaults(kind, &name, &mut map);
         let rv = self.rv + 1;
-        let obj = Arc::new(build(kind, map, rv)?);
+        let namespace = self.intern(&namespace);
+        let obj = Arc::new(build(kind, map, rv, namespace, Arc::from(name))?);
         self.rv = rv;
         self.objects[kind.index()].insert(obj.key(), obj.clone());
         self.record(Change {
@@ -615,7 +665,13 @@ impl Store {
             return Ok(old.clone());
         }
         let rv = self.rv + 1;
-        let obj = Arc::new(build(kind, map, rv)?);
+        let obj = Arc::new(build(
+            kind,
+            map,
+            rv,
+            old.namespace.clone(),
+            old.name.clone(),
+        )?);
         self.rv = rv;
         self.objects[kind.index()].insert(obj.key(), obj.clone());
         self.record(Change {
@@ -637,7 +693,7 @@ impl Store {
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<Arc<Obj>, ApiError> {
-        let key: Key = (namespace.into(), name.into());
+        let key = key_of(namespace, name);
         let old = self.objects[kind.index()]
             .get(&key)
             .cloned()
@@ -675,7 +731,13 @@ impl Store {
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
         }
         let map = into_object(kind, value)?;
-        let obj = Arc::new(build(kind, map, rv)?);
+        let obj = Arc::new(build(
+            kind,
+            map,
+            rv,
+            old.namespace.clone(),
+            old.name.clone(),
+        )?);
         self.rv = rv;
         self.objects[kind.index()].remove(&key);
         self.record(Change {
@@ -826,33 +888,39 @@ fn apply_defaults(kind: Kind, name: &str, map: &mut Map<String, Value>) {
     }
 }
 
-/// Serializes an object for storage at resource version `rv`, extracting what selectors need.
-fn build(kind: Kind, mut map: Map<String, Value>, rv: u64) -> Result<Obj, ApiError> {
+/// Serializes an object for storage at resource version `rv`, extracting what selectors
+/// need. `namespace` and `name` are the (validated) ones of the metadata.
+fn build(
+    kind: Kind,
+    mut map: Map<String, Value>,
+    rv: u64,
+    namespace: Arc<str>,
+    name: Arc<str>,
+) -> Result<Obj, ApiError> {
     let mut meta = take_metadata(&mut map);
     meta.insert("resourceVersion".into(), json!(rv.to_string()));
-    let name: Box<str> = meta
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .into();
-    let namespace: Box<str> = meta
-        .get("namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .into();
-    let labels = match meta.get("labels") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(labels)) => labels
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((Box::from(k.as_str()), Box::from(s.as_str()))),
-                other => Err(ApiError::invalid(
-                    kind,
-                    &name,
-                    format!("metadata.labels: Invalid value: {k}: {other}: must be a string"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+    let mut labels = String::new();
+    match meta.get("labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, value) in map {
+                let Value::String(value) = value else {
+                    return Err(ApiError::invalid(
+                        kind,
+                        &name,
+                        format!("metadata.labels: Invalid value: {key}: {value}: must be a string"),
+                    ));
+                };
+                selector::validate_label(key, value)
+                    .map_err(|message| ApiError::invalid(kind, &name, message))?;
+                if !labels.is_empty() {
+                    labels.push('\0');
+                }
+                labels.push_str(key);
+                labels.push('\0');
+                labels.push_str(value);
+            }
+        }
         Some(other) => {
             return Err(ApiError::invalid(
                 kind,
@@ -860,33 +928,41 @@ fn build(kind: Kind, mut map: Map<String, Value>, rv: u64) -> Result<Obj, ApiErr
                 format!("metadata.labels: Invalid value: {other}: must be an object"),
             ));
         }
-    };
+    }
     // metadata first, as kube-apiserver writes objects (whatever the map's key order).
     let mut ordered = Map::new();
     ordered.insert("metadata".into(), Value::Object(meta));
     ordered.extend(map);
     let value = Value::Object(ordered);
-    let fields = kind
-        .fields()
-        .iter()
-        .map(|(path, default)| {
-            let pointer = format!("/{}", path.replace('.', "/"));
-            match value.pointer(&pointer) {
-                Some(Value::String(s)) => Box::from(s.as_str()),
-                Some(Value::Bool(b)) => Box::from(if *b { "true" } else { "false" }),
-                Some(Value::Number(n)) => Box::from(n.to_string().as_str()),
-                _ => Box::from(*default),
-            }
-        })
-        .collect();
+    let mut fields = String::new();
+    for (i, (path, default)) in kind.fields().iter().enumerate() {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        let text = match value.pointer(&pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Bool(b)) => b.to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => (*default).to_string(),
+        };
+        if text.contains('\0') {
+            return Err(ApiError::invalid(
+                kind,
+                &name,
+                format!("{path}: Invalid value: contains a NUL character"),
+            ));
+        }
+        if i > 0 {
+            fields.push('\0');
+        }
+        fields.push_str(&text);
+    }
     let json = serde_json::to_vec(&value)
         .map_err(|e| ApiError::bad_request(format!("cannot serialize object: {e}")))?;
     Ok(Obj {
         namespace,
         name,
         rv,
-        labels: labels.into_boxed_slice(),
-        fields,
+        labels: labels.into_boxed_str(),
+        fields: fields.into_boxed_str(),
         json: json.into_boxed_slice(),
     })
 }
@@ -939,7 +1015,7 @@ mod tests {
             .page(Kind::Pod, None, store.resource_version(), None, None, &all)
             .expect("current page");
         assert_eq!(names(&now), ["x/b", "x/c", "x/d"]);
-        assert_eq!(&*now.items[0].labels[0].0, "new");
+        assert_eq!(now.items[0].label("new"), Some("yes"));
     }
 
     #[test]
