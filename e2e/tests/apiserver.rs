@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{
@@ -46,6 +46,16 @@ fn pod(ns: &str, name: &str, node: &str) -> Value {
         "metadata": { "name": name, "namespace": ns, "labels": { "app": name } },
         "spec": { "nodeName": node, "containers": [{ "name": "c", "image": "busybox" }] },
         "status": { "phase": "Running", "podIP": "10.244.0.10" },
+    })
+}
+
+fn node(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": { "kubernetes.io/hostname": name } },
+        "spec": { "podCIDR": "10.244.0.0/24" },
+        "status": { "addresses": [{ "type": "InternalIP", "address": "10.0.0.1" }] },
     })
 }
 
@@ -517,7 +527,7 @@ async fn watcher_lifecycle<K>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watchers_of_pods_namespaces_and_policies_list_once_then_follow_changes() {
+async fn watchers_of_pods_nodes_namespaces_and_policies_list_once_then_follow_changes() {
     let server = start();
     let client = client(&server).await;
     watcher_lifecycle::<Pod>(
@@ -528,6 +538,7 @@ async fn watchers_of_pods_namespaces_and_policies_list_once_then_follow_changes(
         "w/",
     )
     .await;
+    watcher_lifecycle::<Node>(&server, Api::all(client.clone()), Kind::Node, node, "").await;
     watcher_lifecycle::<Namespace>(
         &server,
         Api::all(client.clone()),
@@ -801,6 +812,45 @@ async fn expired_history_makes_the_watcher_relist_and_converge() {
         .create(pod("w", "d", "node-a"))
         .expect("create after the re-list");
     expect_events(&mut events, &["Apply w/d"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_a_compacted_history_relists() {
+    nftpol_e2e::init_logging();
+    let server = Server::builder().history_limit(10).start().expect("server");
+    server
+        .create_all(["a", "b"].map(|n| pod("w", n, "node-a")))
+        .expect("seed");
+    let mut events = watch(
+        Api::<Pod>::all(client(&server).await),
+        watcher::Config::default(),
+    );
+    expect_events(
+        &mut events,
+        &["Init", "InitApply w/a", "InitApply w/b", "InitDone"],
+    )
+    .await;
+    eventually("the watch to be open", STEP, || {
+        server.open_watches(Kind::Pod) == 1
+    })
+    .await;
+    // The open watch sends nothing while paused; meanwhile 20 changes push the first ones
+    // out of a 10-change history, so the watch cannot continue.
+    server.pause();
+    server
+        .create_all((0..20).map(|i| pod("w", &format!("n-{i:02}"), "node-a")))
+        .expect("burst");
+    server.resume();
+    let (got, errors) = take(&mut events, 24).await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| matches!(e, watcher::Error::WatchError(s) if s.code == 410)),
+        "410 on the open watch, got {errors:?}"
+    );
+    assert_eq!(describe(&got[0]), "Init");
+    assert_eq!(describe(&got[23]), "InitDone");
+    assert_eq!(server.requests(Verb::List, Kind::Pod), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,6 +221,7 @@ pub(crate) fn percent_decode(text: &str, plus_is_space: bool) -> String {
         let byte = bytes[i];
         if byte == b'%'
             && let Some(hex) = bytes.get(i + 1..i + 3)
+            && hex.iter().all(u8::is_ascii_hexdigit)
             && let Ok(hex) = std::str::from_utf8(hex)
             && let Ok(decoded) = u8::from_str_radix(hex, 16)
         {
@@ -332,6 +333,7 @@ mod tests {
         assert_eq!(percent_decode("a%2", false), "a%2");
         assert_eq!(percent_decode("100%zz", false), "100%zz");
         assert_eq!(percent_decode("%2Fx", false), "/x");
+        assert_eq!(percent_decode("%+1", false), "%+1");
     }
 
     #[test]

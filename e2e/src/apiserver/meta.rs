@@ -122,7 +122,7 @@ pub(crate) fn encode_continue(rv: u64, namespace: &str, name: &str) -> String {
 
 /// Decodes [`encode_continue`]; `None` when the token is not one of ours.
 pub(crate) fn decode_continue(token: &str) -> Option<(u64, String, String)> {
-    if !token.len().is_multiple_of(2) {
+    if !token.len().is_multiple_of(2) || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes = (0..token.len())

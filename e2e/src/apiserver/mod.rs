@@ -56,6 +56,15 @@
 //! patch, no protobuf, no table output. Core and `events.k8s.io` Events are two separate
 //! stores. Bookmarks come every [`ServerBuilder::bookmark_interval`] (real: about a minute).
 //!
+//! # Scale
+//!
+//! Objects are kept once, as JSON bytes, with a small index (interned namespace, name,
+//! labels and selector fields). Measured on the 2-core test machine (release build, shared
+//! with other jobs): 150 000 pods (~900 B of JSON each) + 10 000 namespaces + 10 000
+//! policies load in 2-4 s and add ~200 MiB of RSS (130 MiB of it JSON); the server answers
+//! the 300 pages of 500 pods (125 MiB) in ~75 ms. A kube-rs client needs 1.6-7 s to list and
+//! decode them (client-bound). See the `scale_*` test in `e2e/tests/apiserver.rs`.
+//!
 //! # Control API
 //!
 //! [`Server`] is synchronous and thread-safe: create/update/patch/delete objects from JSON
