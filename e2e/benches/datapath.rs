@@ -609,7 +609,7 @@ fn policy(i: usize, policies: usize) -> String {
         format!(
             "  - from:\n    - podSelector:\n        matchLabels: {{app: client}}\n    ports:\n    - {{protocol: TCP, port: {CPS_PORT}}}\n    - {{protocol: TCP, port: {IPERF_PORT}}}\n"
         )
-    } else if i % 10 == 0 {
+    } else if i.is_multiple_of(10) {
         format!(
             "  - from:\n    - ipBlock:\n        cidr: 172.16.{}.0/24\n        except: [172.16.{}.128/25]\n    ports:\n    - {{protocol: TCP, port: {}}}\n",
             i / 10,

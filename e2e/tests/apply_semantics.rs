@@ -28,11 +28,7 @@ use nftpol_e2e::{
 /// Applies `policies` on both nodes and checks that both tables were written.
 fn apply(fx: &Fixture, policies: &str) {
     for s in fx.apply(policies) {
-        assert!(
-            s.changed,
-            "first apply on {} sent nothing: {:?}",
-            s.node, s.raw
-        );
+        assert!(s.changed, "apply on {} sent nothing: {:?}", s.node, s.raw);
     }
 }
 
@@ -133,6 +129,34 @@ spec:
 fn allow_all_rules_reopen_isolated_pods_and_an_empty_peer_list_means_everyone() {
     skip_unless_root!("allow_all_rules_reopen_isolated_pods_and_an_empty_peer_list_means_everyone");
     let fx = Fixture::new("ap-allow-all");
+    // First the denials alone, so that the open matrix below proves the allow rules work.
+    let deny = r#"
+# x: deny everything both ways ...
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+# y: deny everything both ways (empty rule lists).
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: empty-peer-lists, namespace: "y"}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress: []
+  egress: []
+"#;
+    apply(&fx, deny);
+    let denied = Spec {
+        ingress: &|_, to, _, _, _| !matches!(ns(to), Some("x" | "y")),
+        egress: &|from, _, _, _, _| !matches!(ns(from), Some("x" | "y")),
+    };
+    check("deny all first", &tcp_udp(fx.full_matrix()).run(), |c| {
+        denied.outcome(c)
+    });
     apply(
         &fx,
         r#"

@@ -163,12 +163,12 @@ fn rule_handles(listing: &str) -> BTreeMap<String, Vec<u64>> {
             chain = Some(name);
         } else if t == "}" {
             chain = None;
-        } else if let (Some(c), Some((_, h))) = (&chain, t.rsplit_once("# handle ")) {
-            if !t.starts_with("type ") {
-                out.entry(c.clone())
-                    .or_default()
-                    .push(h.trim().parse().unwrap_or(0));
-            }
+        } else if let (Some(c), Some((_, h)), false) =
+            (&chain, t.rsplit_once("# handle "), t.starts_with("type "))
+        {
+            out.entry(c.clone())
+                .or_default()
+                .push(h.trim().parse().unwrap_or(0));
         }
     }
     out
