@@ -11,6 +11,11 @@
 //! blocked cell must be a silent drop: the probe waited its whole timeout, no reset and no
 //! ICMP error came back.
 //!
+//! Two readings worth knowing: egress has no node exception (the spec's "the only allowed
+//! connections from the pod are those allowed by the egress list"), so an egress-isolated pod
+//! does not reach even its own node's address; and namespace `y` is quoted in the manifests,
+//! because an unquoted `y` is the boolean true to YAML 1.1 readers (kubectl's included).
+//!
 //! Needs root (network namespaces, nftables) and the built binary (`cargo build --bin
 //! nftpol`, or `NFTPOL_BIN`); skips loudly otherwise.
 
