@@ -31,7 +31,7 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("{0}")]
+    #[error(transparent)]
     Input(#[from] InputError),
     /// The compiled table failed validation: a bug in nftpol, never the user's input.
     #[error("internal error: the computed table is invalid: {0}")]

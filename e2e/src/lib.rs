@@ -97,6 +97,7 @@
 //! ```
 
 pub mod apiserver;
+pub mod apply;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
