@@ -330,6 +330,7 @@ impl Kind {
 }
 
 type Key = (Kind, String, String);
+type FrameSender = fmpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
 
 #[derive(Default)]
 struct ApiState {
@@ -339,10 +340,7 @@ struct ApiState {
     log: Vec<(u64, Kind, Value)>,
     /// Oldest resourceVersion a watch may resume from (older: 410 Gone).
     oldest_rv: u64,
-    watchers: Vec<(
-        Kind,
-        fmpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>,
-    )>,
+    watchers: Vec<(Kind, FrameSender)>,
     held_lists: HashSet<Kind>,
     parked: Vec<(Kind, tower_test::mock::SendResponse<http::Response<Body>>)>,
     /// Objects served by GET but left out of lists and watches (the watch is "late").
