@@ -64,7 +64,9 @@ fn parse(filter: &str) -> Result<EnvFilter, TelemetryError> {
 pub fn init(filter: &str, format: LogFormat) -> Result<LogControl, TelemetryError> {
     let (layer, handle) = reload::Layer::new(parse(filter)?);
     let registry = tracing_subscriber::registry().with(layer);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => registry.with(fmt).try_init(),
         LogFormat::Json => registry.with(fmt.json()).try_init(),
