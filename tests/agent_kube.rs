@@ -296,6 +296,33 @@ async fn cni_add_of_a_pod_the_watch_has_not_delivered_gets_it_from_the_api_serve
         "no anti-spoofing chain on the pod's veth"
     );
 
+    // The watch still shows an old incarnation of `db-0` on another node; the new one,
+    // bound to this node, is only in the API server so far.
+    r.api
+        .apply(pod("prod", "db-0", "node-b", "web", Some("10.2.0.30")));
+    let metrics = r.agent.metrics().clone();
+    eventually(WAIT, "old db-0 watched", || {
+        // web, frontend, intruder, remote, late (from the GET) and db-0
+        metrics
+            .encode()
+            .contains("nftpol_watched_objects{kind=\"pod\"} 6")
+    })
+    .await;
+    r.api.hide(Kind::Pod, "prod", "db-0");
+    r.api.apply(pod("prod", "db-0", NODE, "web", None));
+    let add = Request::Add(attachment(
+        "c-db",
+        "prod",
+        "db-0",
+        Some("veth-db"),
+        &["10.1.0.14"],
+    ));
+    let resp = cni(&r.socket(), &add).await;
+    assert!(resp.ok, "{resp:?}");
+    let table = r.fake.table().expect("table");
+    assert!(!tcp_allowed(&table, "10.1.0.12", "10.1.0.14", 8080));
+    assert!(tcp_allowed(&table, "10.1.0.11", "10.1.0.14", 8080));
+
     // A pod that exists nowhere: try again later.
     let ghost = Request::Add(attachment("c-x", "prod", "ghost", None, &["10.1.0.99"]));
     let resp = cni(&r.socket(), &ghost).await;

@@ -999,6 +999,7 @@ impl Engine {
             ));
         }
         let key = pod_key(&att);
+        let fetched = pod.is_some();
         if let Some(pod) = pod {
             if pod.key() != key {
                 return AddReply::Done(Response::error(
@@ -1007,16 +1008,19 @@ impl Engine {
                     "",
                 ));
             }
-            if self.compiler.pod(&key).is_none() {
-                tracing::info!(pod = %key, "pod not watched yet; using the API server's copy");
-                self.compiler.upsert_pod(pod);
-                self.known[ObjectKind::Pod.index()].insert(ObjectId::Pod(key.clone()));
-            }
+            tracing::info!(pod = %key, "using the API server's copy of the pod (the watch lags)");
+            self.compiler.upsert_pod(pod);
+            self.known[ObjectKind::Pod.index()].insert(ObjectId::Pod(key.clone()));
         }
         let Some(pod) = self.compiler.pod(&key) else {
             return AddReply::NeedPod;
         };
         if pod.node_name.as_deref() != Some(self.cfg.node.as_str()) {
+            if !fetched {
+                // The watch may not have delivered the binding (or this is a new incarnation
+                // of a pod with the same name): ask the API server.
+                return AddReply::NeedPod;
+            }
             return AddReply::Done(Response::error(
                 CNI_TRY_AGAIN,
                 format!(

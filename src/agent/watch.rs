@@ -114,7 +114,9 @@ impl Watched for PartialObjectMeta<Namespace> {
 /// Starts the four watchers and the converter's cache trimming; abort the handles to stop.
 pub fn spawn(ctx: WatchContext) -> Vec<JoinHandle<()>> {
     let c = &ctx.client;
-    let cfg = watcher::Config::default;
+    // Initial lists from the API server's watch cache (resourceVersion=0), as kubelet and
+    // kube-proxy do: every node lists every pod, which must not all hit etcd.
+    let cfg = || watcher::Config::default().any_semantic();
     let pods = watcher(Api::<Pod>::all(c.clone()), cfg()).default_backoff();
     let policies = watcher(Api::<NetworkPolicy>::all(c.clone()), cfg()).default_backoff();
     let nodes = watcher(Api::<Node>::all(c.clone()), cfg()).default_backoff();
