@@ -41,6 +41,40 @@ enum Command {
     /// Run the node agent: watch the cluster, keep this node's table programmed, serve the
     /// CNI plugin. Runs until SIGTERM or SIGINT and leaves the table in place on exit.
     Agent(Box<AgentArgs>),
+    /// Install the CNI plugin on the host (init container): copy the static plugin binary into
+    /// the CNI bin dir as `nftpol` and chain it into the CNI config, idempotently.
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Args)]
+struct InstallCniArgs {
+    /// The static plugin binary to copy.
+    #[arg(long, default_value = nftpol_cni::install::DEFAULT_SOURCE_BINARY)]
+    plugin_binary: PathBuf,
+    /// The host's CNI bin dir (the plugin is installed there as `nftpol`).
+    #[arg(long, default_value = nftpol_cni::install::DEFAULT_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// The host's CNI config dir.
+    #[arg(long, default_value = nftpol_cni::install::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// The config file to chain into (default: the one the runtime loads, as libcni picks it).
+    #[arg(long)]
+    conflist: Option<String>,
+    /// The agent's socket, written into the plugin's config.
+    #[arg(long, default_value = nftpol_cni::protocol::DEFAULT_SOCKET, env = "NFTPOL_SOCKET")]
+    socket: PathBuf,
+    /// How long the plugin waits for the agent on ADD.
+    #[arg(long, default_value_t = nftpol_cni::install::DEFAULT_TIMEOUT_SECONDS)]
+    timeout_seconds: u64,
+    /// Do not copy the binary (only edit the config).
+    #[arg(long)]
+    skip_binary: bool,
+    /// Remove the plugin from the config again (restoring the original file when unchanged).
+    #[arg(long)]
+    uninstall: bool,
+    /// With --uninstall: also delete the plugin binary.
+    #[arg(long, requires = "uninstall")]
+    remove_binary: bool,
 }
 
 #[derive(Args)]
@@ -182,6 +216,11 @@ impl FileArgs {
 }
 
 fn main() -> ExitCode {
+    // Invoked by a container runtime as a CNI plugin: the protocol owns stdin and stdout.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        let code = nftpol_cni::plugin::run();
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -211,6 +250,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Agent(args) => run_agent(&args)?,
+        Command::InstallCni(args) => {
+            let opts = nftpol_cni::install::InstallOptions {
+                source_binary: args.plugin_binary,
+                bin_dir: args.cni_bin_dir,
+                conf_dir: args.cni_conf_dir,
+                conflist: args.conflist,
+                socket: args.socket,
+                timeout_seconds: args.timeout_seconds,
+                skip_binary: args.skip_binary,
+                uninstall: args.uninstall,
+                remove_binary: args.remove_binary,
+            };
+            let report = nftpol_cni::install::execute(&opts)?;
+            print!("{report}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -303,3 +303,120 @@ fn policy(i: usize, namespaces: usize) -> NetworkPolicy {
     }
     p
 }
+
+/// The generated cluster as one Kubernetes `v1 List` (what `kubectl get -o json` prints).
+pub fn to_kube_list(g: &Generated) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let labels = |l: &Labels| -> Value {
+        Value::Object(l.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
+    };
+    let selector = |s: &Selector| -> Value {
+        let exprs: Vec<Value> = s
+            .requirements()
+            .iter()
+            .map(|r| {
+                json!({
+                    "key": &*r.key,
+                    "operator": format!("{:?}", r.operator),
+                    "values": r.values.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "matchExpressions": exprs })
+    };
+    let port = |p: &Port| -> Value {
+        let mut v = json!({ "protocol": p.protocol.as_str() });
+        match &p.port {
+            PortMatch::All => {}
+            PortMatch::Range(a, b) => {
+                v["port"] = json!(a);
+                if a != b {
+                    v["endPort"] = json!(b);
+                }
+            }
+            PortMatch::Named(n) => v["port"] = json!(&**n),
+        }
+        v
+    };
+    let peer = |p: &Peer| -> Value {
+        match p {
+            Peer::IpBlock(b) => json!({ "ipBlock": {
+                "cidr": b.cidr.to_string(),
+                "except": b.except.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            }}),
+            Peer::Pods {
+                namespaces: Namespaces::Named(_),
+                pods,
+            } => {
+                json!({ "podSelector": selector(pods) })
+            }
+            Peer::Pods {
+                namespaces: Namespaces::Matching(ns),
+                pods,
+            } => {
+                json!({ "namespaceSelector": selector(ns), "podSelector": selector(pods) })
+            }
+        }
+    };
+    let rules = |rules: &[Rule], dir: &str| -> Value {
+        Value::Array(
+            rules
+                .iter()
+                .map(|r| {
+                    let mut v = json!({});
+                    if let Some(peers) = &r.peers {
+                        v[dir] = Value::Array(peers.iter().map(peer).collect());
+                    }
+                    if let Some(ports) = &r.ports {
+                        v["ports"] = Value::Array(ports.iter().map(port).collect());
+                    }
+                    v
+                })
+                .collect(),
+        )
+    };
+    let mut items: Vec<Value> = Vec::new();
+    for ns in &g.namespaces {
+        items.push(json!({ "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": &*ns.name, "labels": labels(&ns.labels) } }));
+    }
+    for n in &g.nodes {
+        items.push(json!({ "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": &*n.name },
+            "spec": { "podCIDRs": n.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>() },
+            "status": { "addresses": n.addresses.iter()
+                .map(|a| json!({ "type": "InternalIP", "address": a.to_string() }))
+                .collect::<Vec<_>>() } }));
+    }
+    for p in &g.pods {
+        let ports: Vec<Value> = p
+            .named_ports
+            .iter()
+            .map(|np| json!({ "name": &*np.name, "containerPort": np.port, "protocol": np.protocol.as_str() }))
+            .collect();
+        items.push(json!({ "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": &*p.name, "namespace": &*p.namespace, "labels": labels(&p.labels) },
+            "spec": { "nodeName": p.node_name.as_deref(), "hostNetwork": p.host_network,
+                "containers": [{ "name": "main", "image": "app", "ports": ports }] },
+            "status": { "phase": "Running",
+                "podIPs": p.ips.iter().map(|ip| json!({ "ip": ip.to_string() })).collect::<Vec<_>>() } }));
+    }
+    for np in &g.policies {
+        let mut types = Vec::new();
+        let mut spec = json!({ "podSelector": selector(&np.pod_selector) });
+        if let Some(r) = &np.ingress {
+            types.push("Ingress");
+            spec["ingress"] = rules(r, "from");
+        }
+        if let Some(r) = &np.egress {
+            types.push("Egress");
+            spec["egress"] = rules(r, "to");
+        }
+        spec["policyTypes"] = json!(types);
+        items.push(
+            json!({ "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": { "name": &*np.name, "namespace": &*np.namespace }, "spec": spec }),
+        );
+    }
+    json!({ "apiVersion": "v1", "kind": "List", "items": items })
+}

@@ -3,6 +3,33 @@
 //!
 //! The agent answers an `add` only once the pod's isolation has been committed to the kernel,
 //! so the runtime starts the pod's containers only after that.
+//!
+//! # Wire format (stable; new fields only with serde defaults)
+//!
+//! The plugin connects, writes one request line, reads one response line, closes. It does not
+//! half-close its sending side, so a server may treat EOF as "the plugin gave up" (its
+//! deadline passed: `timeoutSeconds` for ADD, CHECK, STATUS and GC, at most 2 s for DEL).
+//!
+//! ```text
+//! {"op":"add","id":{"container_id":"3f69..","ifname":"eth0"},"namespace":"prod","name":"web-0",
+//!  "uid":"5e1c..","netns":"/var/run/netns/cni-1234","host_interface":"vethed626701",
+//!  "ips":["10.99.0.2","fd00:99::2"]}
+//! {"op":"del", ...same fields as add...}      (ips/host_interface may be empty/absent)
+//! {"op":"check", ...same fields as add...}
+//! {"op":"status"}
+//! {"op":"gc","valid":[{"container_id":"aaa","ifname":"eth0"}]}
+//!
+//! {"ok":true}
+//! {"ok":false,"error":{"code":11,"msg":"caches not synced","details":"optional"}}
+//! ```
+//!
+//! How the plugin uses the answer: `ok:false` on ADD and CHECK fails the CNI call with the
+//! agent's `code` and `msg` (11 makes the runtime retry); on STATUS it becomes code 50 (or
+//! 51 if the agent says 51); on DEL it is only logged (DEL always succeeds); on GC it fails the
+//! call. `uid` is absent when the runtime does not pass `K8S_POD_UID`; `host_interface` is
+//! absent when the result has no host-side peer (see `plugin::result` for the rule). DEL may
+//! come with empty `namespace`/`name` (a runtime retrying teardown without `CNI_ARGS`): the
+//! agent identifies attachments by `id`.
 
 use std::net::IpAddr;
 
@@ -119,5 +146,41 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         let st = serde_json::to_string(&Request::Status).unwrap();
         assert_eq!(st, r#"{"op":"status"}"#);
+    }
+
+    #[test]
+    fn the_documented_shapes_parse() {
+        let add: Request = serde_json::from_str(
+            r#"{"op":"add","id":{"container_id":"3f69","ifname":"eth0"},"namespace":"prod","name":"web-0","uid":"5e1c","netns":"/var/run/netns/cni-1234","host_interface":"vethed626701","ips":["10.99.0.2","fd00:99::2"]}"#,
+        )
+        .unwrap();
+        let Request::Add(a) = add else { panic!() };
+        assert_eq!(a.ips.len(), 2);
+        // Optional fields may be absent.
+        let del: Request = serde_json::from_str(
+            r#"{"op":"del","id":{"container_id":"3f69","ifname":"eth0"},"namespace":"","name":""}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(del, Request::Del(ref a) if a.ips.is_empty() && a.host_interface.is_none())
+        );
+        let gc = Request::Gc {
+            valid: vec![AttachmentId {
+                container_id: "aaa".into(),
+                ifname: "eth0".into(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&gc).unwrap(),
+            r#"{"op":"gc","valid":[{"container_id":"aaa","ifname":"eth0"}]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::error(11, "caches not synced", "")).unwrap(),
+            r#"{"ok":false,"error":{"code":11,"msg":"caches not synced"}}"#
+        );
     }
 }

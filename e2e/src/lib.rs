@@ -96,6 +96,7 @@
 //! # Ok::<(), nftpol_e2e::ClusterError>(())
 //! ```
 
+pub mod apiserver;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;

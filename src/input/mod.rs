@@ -342,7 +342,11 @@ impl Loader {
         let json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        let format = if json { Format::Json } else { Format::Yaml };
+        if json {
+            self.json_file(path, &text);
+            return;
+        }
+        let format = Format::Yaml;
         let (docs, count) = documents::parse(&text, format);
         for doc in docs {
             match doc {
@@ -368,6 +372,80 @@ impl Loader {
                     }
                 }
             }
+        }
+    }
+
+    /// A JSON file, streamed: the items of a (possibly huge) `kind: List` are converted one at a
+    /// time as the parser reaches them, so memory holds the trimmed objects, not the document.
+    fn json_file(&mut self, path: &Path, text: &str) {
+        let origin = Origin::file(path);
+        if text.trim().is_empty() {
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let result = serde::de::DeserializeSeed::deserialize(
+            stream::TopLevel {
+                loader: self,
+                origin: &origin,
+            },
+            &mut de,
+        )
+        .and_then(|top| de.end().map(|()| top));
+        match result {
+            Ok(top) => self.json_top_level(&origin, top),
+            Err(e) => {
+                let full = e.to_string();
+                let suffix = format!(" at line {} column {}", e.line(), e.column());
+                let mut origin = origin;
+                origin.position = (e.line() > 0).then(|| (e.line() as u64, e.column() as u64));
+                self.errors.push(InputError::Syntax {
+                    origin: Box::new(origin),
+                    format: Format::Json.name(),
+                    message: full.strip_suffix(&suffix).unwrap_or(&full).to_string(),
+                });
+            }
+        }
+    }
+
+    /// What remains of a streamed JSON document: a single object, or a list whose items that
+    /// did not name their own kind still wait for the list's.
+    fn json_top_level(&mut self, origin: &Origin, top: stream::Top) {
+        let stream::Top {
+            map,
+            items,
+            pending,
+        } = top;
+        if !items {
+            match pending.into_iter().next() {
+                // Not an object at all (`null` is an empty document).
+                Some((_, Value::Null)) => {}
+                Some((_, other)) => self.object(origin, &other, None),
+                None => self.object(origin, &Value::Object(map), None),
+            }
+            return;
+        }
+        let value = Value::Object(map);
+        let Value::Object(map) = &value else {
+            return;
+        };
+        let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let api_version = map
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !(kind == "List" || kind.ends_with("List")) {
+            self.errors.push(InputError::Header {
+                origin: Box::new(origin.clone()),
+                kind: (!kind.is_empty()).then(|| kind.to_string()),
+                object: object_name(map, None),
+                field: "kind",
+                problem: "a document with items must be a List",
+            });
+            return;
+        }
+        let item_kind = kind.strip_suffix("List").unwrap_or_default();
+        for (i, item) in pending {
+            self.object(&origin.item(i), &item, Some((item_kind, api_version)));
         }
     }
 
@@ -578,5 +656,175 @@ fn type_name(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "a mapping",
+    }
+}
+
+/// Streaming deserialisation of one JSON document: every field but `items` is kept; each
+/// element of `items` is handed to the loader as soon as it is parsed.
+mod stream {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::{Loader, Origin};
+
+    pub(super) struct Top {
+        /// The document's fields other than `items`.
+        pub map: Map<String, Value>,
+        /// Whether it had an `items` array.
+        pub items: bool,
+        /// Items that did not say their kind or apiVersion, with their index: they inherit the
+        /// list's, known only once the whole document is read.
+        pub pending: Vec<(usize, Value)>,
+    }
+
+    pub(super) struct TopLevel<'a> {
+        pub loader: &'a mut Loader,
+        pub origin: &'a Origin,
+    }
+
+    impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
+        type Value = Top;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Top, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for TopLevel<'_> {
+        type Value = Top;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a Kubernetes object or List")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Top, A::Error> {
+            let mut top = Top {
+                map: Map::new(),
+                items: false,
+                pending: Vec::new(),
+            };
+            while let Some(key) = access.next_key::<String>()? {
+                if key == "items" {
+                    top.items = true;
+                    access.next_value_seed(Items {
+                        loader: &mut *self.loader,
+                        origin: self.origin,
+                        pending: &mut top.pending,
+                    })?;
+                } else {
+                    let value: Value = access.next_value()?;
+                    top.map.insert(key, value);
+                }
+            }
+            Ok(top)
+        }
+
+        // Anything but an object: kept as is, reported by the loader.
+        fn visit_seq<A: SeqAccess<'de>>(self, access: A) -> Result<Top, A::Error> {
+            let value = Value::deserialize_from_seq(access)?;
+            Ok(Top::other(value))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Top, E> {
+            Ok(Top::other(Value::String(v.to_string())))
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Top, E> {
+            Ok(Top::other(Value::Bool(v)))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Top, E> {
+            Ok(Top::other(Value::from(v)))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Top, E> {
+            Ok(Top::other(Value::from(v)))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Top, E> {
+            Ok(Top::other(Value::from(v)))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Top, E> {
+            Ok(Top::other(Value::Null))
+        }
+    }
+
+    impl Top {
+        /// A document that is not an object; the loader reports it.
+        fn other(value: Value) -> Top {
+            Top {
+                map: Map::new(),
+                items: false,
+                pending: vec![(usize::MAX, value)],
+            }
+        }
+    }
+
+    trait FromSeq {
+        fn deserialize_from_seq<'de, A: SeqAccess<'de>>(access: A) -> Result<Value, A::Error>;
+    }
+
+    impl FromSeq for Value {
+        fn deserialize_from_seq<'de, A: SeqAccess<'de>>(mut access: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = access.next_element::<Value>()? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+    }
+
+    struct Items<'a> {
+        loader: &'a mut Loader,
+        origin: &'a Origin,
+        pending: &'a mut Vec<(usize, Value)>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Items<'_> {
+        type Value = ();
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Items<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of Kubernetes objects in `items`")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while let Some(item) = access.next_element::<Value>()? {
+                let complete = item.as_object().is_some_and(|m| {
+                    m.get("kind")
+                        .and_then(Value::as_str)
+                        .is_some_and(|k| !k.is_empty())
+                        && m.get("apiVersion")
+                            .and_then(Value::as_str)
+                            .is_some_and(|v| !v.is_empty())
+                });
+                if complete {
+                    self.loader.object(&self.origin.item(i), &item, None);
+                } else {
+                    self.pending.push((i, item));
+                }
+                i += 1;
+            }
+            Ok(())
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+            Err(de::Error::custom("items: must be a list"))
+        }
     }
 }

@@ -15,6 +15,8 @@ mod output;
 pub mod ranges;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -146,17 +148,19 @@ pub struct Stats {
 /// The incremental compiler of one node's table. See the module docs.
 pub struct Compiler {
     cfg: Config,
-    namespaces: HashMap<Str, Namespace>,
+    namespaces: FxHashMap<Str, Namespace>,
     nodes: BTreeMap<Str, Node>,
-    pods: HashMap<ObjectKey, Pod>,
+    pods: FxHashMap<ObjectKey, Pod>,
     /// Pod names by namespace, for namespace-scoped selectors.
-    pods_by_ns: HashMap<Str, BTreeSet<Str>>,
-    policies: HashMap<ObjectKey, Arc<NetworkPolicy>>,
+    pods_by_ns: FxHashMap<Str, FxHashSet<Str>>,
+    /// Names of this node's pods by namespace: the pods a policy change can touch.
+    local_pods_by_ns: FxHashMap<Str, BTreeSet<Str>>,
+    policies: FxHashMap<ObjectKey, Arc<NetworkPolicy>>,
     /// Policy names by namespace, sorted: the order in which rules rank.
-    policies_by_ns: HashMap<Str, BTreeSet<Str>>,
+    policies_by_ns: FxHashMap<Str, BTreeSet<Str>>,
     /// Every relevant pod claiming an IP; the owner is chosen by [`Compiler::owner_of`].
-    ip_claims: HashMap<IpAddr, Vec<ObjectKey>>,
-    groups: HashMap<GroupKey, Group>,
+    ip_claims: FxHashMap<IpAddr, Vec<ObjectKey>>,
+    groups: FxHashMap<GroupKey, Group>,
     /// Output of every local isolated pod, as of the last commit.
     outputs: BTreeMap<ObjectKey, PodOutput>,
     /// Reference counts of per-rule chains and shared sets, as of the last commit.
@@ -178,14 +182,15 @@ impl Compiler {
     pub fn new(cfg: Config) -> Self {
         Compiler {
             cfg,
-            namespaces: HashMap::new(),
+            namespaces: FxHashMap::default(),
             nodes: BTreeMap::new(),
-            pods: HashMap::new(),
-            pods_by_ns: HashMap::new(),
-            policies: HashMap::new(),
-            policies_by_ns: HashMap::new(),
-            ip_claims: HashMap::new(),
-            groups: HashMap::new(),
+            pods: FxHashMap::default(),
+            pods_by_ns: FxHashMap::default(),
+            local_pods_by_ns: FxHashMap::default(),
+            policies: FxHashMap::default(),
+            policies_by_ns: FxHashMap::default(),
+            ip_claims: FxHashMap::default(),
+            groups: FxHashMap::default(),
             outputs: BTreeMap::new(),
             rule_chain_refs: BTreeMap::new(),
             shared_set_refs: BTreeMap::new(),
@@ -344,18 +349,17 @@ impl Compiler {
         if self.pods.get(&key) == Some(&pod) {
             return;
         }
-        let old = self.pods.get(&key).cloned();
         self.pods_by_ns
             .entry(pod.namespace.clone())
             .or_default()
             .insert(pod.name.clone());
-        self.pod_changed(&key, old, Some(pod));
+        self.pod_changed(&key, Some(pod));
     }
 
     pub fn remove_pod(&mut self, key: &ObjectKey) {
-        let Some(old) = self.pods.get(key).cloned() else {
+        if !self.pods.contains_key(key) {
             return;
-        };
+        }
         self.filled_from_attachment.remove(key);
         if let Some(names) = self.pods_by_ns.get_mut(&key.namespace) {
             names.remove(&key.name);
@@ -363,7 +367,7 @@ impl Compiler {
                 self.pods_by_ns.remove(&key.namespace);
             }
         }
-        self.pod_changed(key, Some(old), None);
+        self.pod_changed(key, None);
     }
 
     pub fn upsert_policy(&mut self, policy: NetworkPolicy) {
@@ -685,15 +689,10 @@ impl Compiler {
     }
 
     fn dirty_namespace_pods(&mut self, ns: &str) {
-        if let Some(names) = self.pods_by_ns.get(ns) {
-            for name in names {
-                let key = ObjectKey::new(ns, name.clone());
-                if self.pods.get(&key).is_some_and(|p| self.is_local(p)) {
-                    self.dirty_pods.insert(key);
-                }
-            }
+        if let Some(names) = self.local_pods_by_ns.get(ns) {
+            self.dirty_pods
+                .extend(names.iter().map(|name| ObjectKey::new(ns, name.clone())));
         }
-        // Pods that no longer exist but still have output are handled by pod removal.
     }
 
     fn namespace_labels_changed(&mut self, ns: &str, old: &Labels) {
@@ -807,20 +806,18 @@ impl Compiler {
         big
     }
 
-    fn pod_changed(&mut self, key: &ObjectKey, old: Option<Pod>, new: Option<Pod>) {
-        // IP claims.
-        let old_ips: Vec<IpAddr> = old
-            .as_ref()
-            .filter(|p| p.is_policy_relevant())
-            .map(|p| p.ips.clone())
-            .unwrap_or_default();
-        let new_ips: Vec<IpAddr> = new
-            .as_ref()
-            .filter(|p| p.is_policy_relevant())
-            .map(|p| p.ips.clone())
-            .unwrap_or_default();
+    /// Stores (or removes) a pod and works out what its change touches: IP ownership, group
+    /// membership, dirty local pods.
+    fn pod_changed(&mut self, key: &ObjectKey, new: Option<Pod>) {
+        let relevant_ips = |p: Option<&Pod>| -> Vec<IpAddr> {
+            p.filter(|p| p.is_policy_relevant())
+                .map(|p| p.ips.clone())
+                .unwrap_or_default()
+        };
+        let old_ips = relevant_ips(self.pods.get(key));
+        let new_ips = relevant_ips(new.as_ref());
         // Ownership can change even for an IP the pod keeps (it prefers local pods), so look
-        // at every IP the pod had or has.
+        // at every IP the pod had or has. Owners are computed while the old pod is stored.
         let mut touched_ips: Vec<IpAddr> = old_ips.clone();
         touched_ips.extend(new_ips.iter().filter(|ip| !old_ips.contains(ip)));
         let owners_before: Vec<Option<ObjectKey>> = touched_ips
@@ -835,18 +832,31 @@ impl Compiler {
                 }
             }
         }
-        // Group membership uses the stored pod, so store it before evaluating.
-        let was_local = old.as_ref().is_some_and(|p| self.is_local(p));
-        match &new {
-            Some(p) => self.pods.insert(key.clone(), p.clone()),
-            None => self.pods.remove(key),
-        };
         for ip in new_ips.iter().filter(|ip| !old_ips.contains(ip)) {
             self.ip_claims.entry(*ip).or_default().push(key.clone());
         }
-        let is_local = new.as_ref().is_some_and(|p| self.is_local(p));
+        let old = match new {
+            Some(p) => self.pods.insert(key.clone(), p),
+            None => self.pods.remove(key),
+        };
+        let new = self.pods.get(key);
+        let was_local = old.as_ref().is_some_and(|p| self.is_local(p));
+        let is_local = new.is_some_and(|p| self.is_local(p));
         if was_local || is_local || self.outputs.contains_key(key) {
             self.dirty_pods.insert(key.clone());
+        }
+        if was_local != is_local {
+            if is_local {
+                self.local_pods_by_ns
+                    .entry(key.namespace.clone())
+                    .or_default()
+                    .insert(key.name.clone());
+            } else if let Some(names) = self.local_pods_by_ns.get_mut(&key.namespace) {
+                names.remove(&key.name);
+                if names.is_empty() {
+                    self.local_pods_by_ns.remove(&key.namespace);
+                }
+            }
         }
 
         // Pods (this one included) whose ownership of an IP changed.
@@ -863,16 +873,14 @@ impl Compiler {
 
         // Membership of existing groups.
         let changed_attrs = own_ips_changed
-            || match (&old, &new) {
+            || match (&old, new) {
                 (Some(o), Some(n)) => o.ips != n.ips || o.named_ports != n.named_ports,
                 _ => true,
             };
         let mut dirty = Vec::new();
         for (g, group) in self.groups.iter_mut() {
             let was_in = group.members.contains(key);
-            let now_in = new
-                .as_ref()
-                .is_some_and(|p| group_contains_static(g, p, &self.namespaces));
+            let now_in = new.is_some_and(|p| group_contains_static(g, p, &self.namespaces));
             if was_in != now_in {
                 if now_in {
                     group.members.insert(key.clone());
@@ -922,7 +930,7 @@ impl Compiler {
 }
 
 /// Group membership test usable while `groups` is mutably borrowed.
-fn group_contains_static(g: &GroupKey, pod: &Pod, namespaces: &HashMap<Str, Namespace>) -> bool {
+fn group_contains_static(g: &GroupKey, pod: &Pod, namespaces: &FxHashMap<Str, Namespace>) -> bool {
     if !pod.is_policy_relevant() {
         return false;
     }
