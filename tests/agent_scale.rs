@@ -69,7 +69,7 @@ fn labels(pairs: &[(&str, String)]) -> Option<BTreeMap<String, String>> {
 
 fn pod(ns: usize, dep: usize, r: usize) -> corev1::Pod {
     let i = (ns * DEPLOYMENTS + dep) * REPLICAS + r;
-    let node = if i % NODES == 0 || i < 100 {
+    let node = if i.is_multiple_of(NODES) || i < 100 {
         "node-a".to_string()
     } else {
         format!("node-{}", i % NODES)
