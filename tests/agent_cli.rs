@@ -95,10 +95,15 @@ fn a_missing_kubeconfig_is_a_clear_error() {
 }
 
 fn get(addr: &str, path: &str) -> (u16, String) {
+    request(addr, "GET", path, "")
+}
+
+fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("send");
     let mut out = String::new();
@@ -170,6 +175,16 @@ fn runs_as_a_subprocess_on_port_0_and_exits_0_on_sigterm() {
     assert_eq!(code, 200);
     assert!(metrics.contains("nftpol_ready 0"), "{metrics}");
     assert!(status(&socket).contains("\"code\":50"));
+    // The log filter can be changed at runtime, from loopback.
+    assert_eq!(get(addr, "/loglevel"), (200, "info\n".to_string()));
+    let (code, _) = request(addr, "PUT", "/loglevel", "debug,kube=info");
+    assert_eq!(code, 200);
+    assert_eq!(
+        get(addr, "/loglevel"),
+        (200, "debug,kube=info\n".to_string())
+    );
+    let (code, _) = request(addr, "PUT", "/loglevel", "no such=level=x");
+    assert_eq!(code, 400);
 
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -503,3 +503,25 @@ async fn an_add_refused_for_a_vanished_interface_is_answered_try_again_and_the_t
     r.ready().await;
     r.agent.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_that_keeps_refusing_is_retried_with_backoff_not_in_a_loop() {
+    let cluster = standard_cluster();
+    let r = start(&cluster).await;
+    r.converges_to(&cluster).await;
+    r.ready().await;
+
+    r.fake.state().fail_next = usize::MAX;
+    r.api.apply(web_policy(8080));
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // 0 ms, then retries after 200, 400 and 800 ms (the last at ~1.4 s).
+    let attempts = r.fake.state().failed_applies;
+    assert!((3..=5).contains(&attempts), "{attempts} attempts in 1.6 s");
+    // A transient failure does not flip readiness at once.
+    assert!(r.agent.health().ready().is_ok());
+
+    r.fake.state().fail_next = 0;
+    let table = r.converges_to(&with(cluster, &[web_policy(8080)])).await;
+    assert!(!tcp_allowed(&table, "10.1.0.12", "10.1.0.10", 8080));
+    r.agent.shutdown().await.expect("shutdown");
+}

@@ -11,7 +11,7 @@
 //! so the resident size is the agent's own: compiler, converter caches, engine indexes.
 //!
 //! Cluster: 1 500 namespaces x 100 pods (10 deployments of 10 pods each), 1 500 nodes of which
-//! this node runs 100 pods, 2 policies per namespace (deny all ingress; allow the frontend
+//! this node runs 200 pods, 2 policies per namespace (deny all ingress; allow the frontend
 //! deployment on 8080).
 
 use std::collections::BTreeMap;

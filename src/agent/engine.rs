@@ -552,7 +552,10 @@ impl Engine {
             consider(Some(self.next_resync));
             consider(self.verify_at);
             consider(self.poll.then_some(self.next_poll));
-            consider(self.debounce_deadline());
+            if !self.needs_full {
+                // While a failed sync waits for its retry, pending changes wait with it.
+                consider(self.debounce_deadline());
+            }
         }
         consider(self.retry_at);
         t.max(now)
