@@ -516,7 +516,7 @@ async fn a_kernel_that_keeps_refusing_is_retried_with_backoff_not_in_a_loop() {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     // 0 ms, then retries after 200, 400 and 800 ms (the last at ~1.4 s).
     let attempts = r.fake.state().failed_applies;
-    assert!((3..=5).contains(&attempts), "{attempts} attempts in 1.6 s");
+    assert!((2..=5).contains(&attempts), "{attempts} attempts in 1.6 s");
     // A transient failure does not flip readiness at once.
     assert!(r.agent.health().ready().is_ok());
 
