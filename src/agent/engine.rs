@@ -778,16 +778,13 @@ impl Engine {
                         changes = %stats,
                         messages = report.messages,
                         bytes = report.bytes,
-                        kernel_ms = report.elapsed.as_secs_f64() * 1000.0,
-                        total_ms = elapsed.as_secs_f64() * 1000.0,
+                        kernel_ms = ms(report.elapsed),
+                        total_ms = ms(elapsed),
                         "table synced"
                     );
                 } else {
                     self.arrivals.clear();
-                    tracing::debug!(
-                        total_ms = elapsed.as_secs_f64() * 1000.0,
-                        "table already up to date"
-                    );
+                    tracing::debug!(total_ms = ms(elapsed), "table already up to date");
                 }
                 self.needs_full = false;
                 self.failures = 0;
@@ -795,10 +792,7 @@ impl Engine {
                 if !self.initialized {
                     self.initialized = true;
                     self.health.set_initialized();
-                    tracing::info!(
-                        ms = elapsed.as_secs_f64() * 1000.0,
-                        "first full sync committed; ready"
-                    );
+                    tracing::info!(ms = ms(elapsed), "first full sync committed; ready");
                 }
                 self.health.sync_ok();
             }
@@ -1162,4 +1156,9 @@ fn may_be_missing_device(e: &DataplaneError) -> bool {
         DataplaneError::Kernel { errno, .. } => *errno == libc::ENOENT || *errno == libc::ENODEV,
         other => other.kind() == Some(ErrorKind::Missing),
     }
+}
+
+/// Milliseconds with microsecond precision, for log fields.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
