@@ -10,9 +10,12 @@
 //! - [`dataplane`]: the kernel. Encodes a transaction as one netlink batch (nftnl + mnl), reads
 //!   the table back, and a fake with the kernel's all-or-nothing semantics for tests.
 //! - [`input`]: Kubernetes objects from YAML/JSON files, for `render` and `apply`.
+//! - [`agent`]: the node agent (kube watchers, the engine that owns the table, the CNI
+//!   server, metrics).
 //!
-//! Dependencies point one way: `input` -> `core` -> `nft` <- `dataplane`.
+//! Dependencies point one way: `input`, `agent` -> `core` -> `nft` <- `dataplane`.
 
+pub mod agent;
 pub mod cli;
 pub mod core;
 pub mod dataplane;

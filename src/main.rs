@@ -2,12 +2,15 @@
 //! the library; this file only maps flags to options, sets up logging and turns errors into
 //! messages and exit codes.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use nftpol::agent::{self, AgentConfig, engine::KernelWatch, parse_duration, telemetry};
 use nftpol::cli::{self, Options};
 use nftpol::core::compile::DEFAULT_TABLE;
 
@@ -35,6 +38,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the node agent: watch the cluster, keep this node's table programmed, serve the
+    /// CNI plugin. Runs until SIGTERM or SIGINT and leaves the table in place on exit.
+    Agent(Box<AgentArgs>),
     /// Install the CNI plugin on the host (init container): copy the static plugin binary into
     /// the CNI bin dir as `nftpol` and chain it into the CNI config, idempotently.
     InstallCni(InstallCniArgs),
@@ -69,6 +75,91 @@ struct InstallCniArgs {
     /// With --uninstall: also delete the plugin binary.
     #[arg(long, requires = "uninstall")]
     remove_binary: bool,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The node this agent enforces (pods with this spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Kubeconfig file(s), `:`-separated; default: in-cluster config, then ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Name of the inet table nftpol owns.
+    #[arg(long, default_value = DEFAULT_TABLE, env = "NFTPOL_TABLE")]
+    table: String,
+    /// Unix socket the CNI plugin connects to.
+    #[arg(long, default_value = "/run/nftpol/nftpol.sock", env = "NFTPOL_SOCKET")]
+    socket: PathBuf,
+    /// Directory for the attachment list and the bound metrics address.
+    #[arg(long, default_value = "/run/nftpol", env = "NFTPOL_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Address of /metrics, /healthz and /readyz (port 0: any free port, written to
+    /// <state-dir>/metrics-addr).
+    #[arg(long, default_value = "0.0.0.0:9464", env = "NFTPOL_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Log level or tracing filter (changeable at runtime: PUT /loglevel from localhost).
+    #[arg(long, default_value = "info", env = "NFTPOL_LOG_LEVEL")]
+    log_level: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "NFTPOL_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Period of the full reconcile against the kernel (Go-style duration).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "NFTPOL_RESYNC_INTERVAL")]
+    resync_interval: Duration,
+    /// Quiet time after a change before the table is synced.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration, env = "NFTPOL_DEBOUNCE")]
+    debounce: Duration,
+    /// Longest a change waits while changes keep coming.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration, env = "NFTPOL_DEBOUNCE_MAX")]
+    debounce_max: Duration,
+    /// How to notice changes others make to the table.
+    #[arg(long, value_enum, default_value_t = KernelWatchArg::Notify, env = "NFTPOL_KERNEL_WATCH")]
+    kernel_watch: KernelWatchArg,
+    /// Dump-and-compare period when polling (--kernel-watch=poll, or notifications unavailable).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "NFTPOL_KERNEL_POLL_INTERVAL")]
+    kernel_poll_interval: Duration,
+    /// How long a CNI ADD waits for the agent to become ready before answering "try again".
+    #[arg(long, default_value = "8s", value_parser = parse_duration, env = "NFTPOL_CNI_READY_TIMEOUT")]
+    cni_ready_timeout: Duration,
+    /// Timeout of the API GET for a pod the watch has not delivered yet (CNI ADD).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "NFTPOL_API_TIMEOUT")]
+    api_timeout: Duration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KernelWatchArg {
+    /// nf_tables netlink notifications (falls back to polling).
+    Notify,
+    /// Dump and compare every --kernel-poll-interval.
+    Poll,
+    /// Only the periodic resync.
+    Off,
+}
+
+impl AgentArgs {
+    fn config(&self) -> AgentConfig {
+        let mut c = AgentConfig::new(self.node_name.clone(), self.state_dir.clone());
+        c.kubeconfig = self
+            .kubeconfig
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        c.table = self.table.clone();
+        c.socket = self.socket.clone();
+        c.metrics_addr = self.metrics_addr;
+        c.resync_interval = self.resync_interval;
+        c.debounce = self.debounce;
+        c.debounce_max = self.debounce_max;
+        c.kernel_watch = match self.kernel_watch {
+            KernelWatchArg::Notify => KernelWatch::Notify,
+            KernelWatchArg::Poll => KernelWatch::Poll,
+            KernelWatchArg::Off => KernelWatch::Off,
+        };
+        c.kernel_poll_interval = self.kernel_poll_interval;
+        c.cni_ready_timeout = self.cni_ready_timeout;
+        c.api_timeout = self.api_timeout;
+        c
+    }
 }
 
 #[derive(Args)]
@@ -158,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{summary}");
             }
         }
+        Command::Agent(args) => run_agent(&args)?,
         Command::InstallCni(args) => {
             let opts = nftpol_cni::install::InstallOptions {
                 source_binary: args.plugin_binary,
@@ -175,4 +267,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+    let format = match args.log_format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    };
+    let log = telemetry::init(&args.log_level, format)?;
+    let config = args.config();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("nftpol-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        agent::run(config, Some(log), shutdown).await?;
+        anyhow::Ok(())
+    })
 }

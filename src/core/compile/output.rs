@@ -741,6 +741,16 @@ fn antispoof_chain(ifname: &str, ips: &[IpAddr], pod: &str) -> Chain {
             }],
             Action::Verdict(Verdict::Drop),
         )
+    } else if let [only] = v4.as_slice() {
+        // nft turns a one-element anonymous set into a comparison; so do we.
+        Rule::new(
+            vec![Match::Cmp {
+                field: Field::IpSaddr,
+                negate: true,
+                value: only.0[0].clone(),
+            }],
+            Action::Verdict(Verdict::Drop),
+        )
     } else {
         Rule::new(
             vec![Match::Lookup {
