@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use nftpol::cli::{Options, render};
 
 fn case(name: &str, node: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/golden")
+        .join(name);
     let opts = Options {
         node: node.to_string(),
         paths: vec![dir.join("input.yaml")],
@@ -28,8 +30,12 @@ fn case(name: &str, node: &str) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&expected_path, &text).expect("write golden file");
     }
-    let expected = std::fs::read_to_string(&expected_path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", expected_path.display()));
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1)",
+            expected_path.display()
+        )
+    });
     assert!(
         text == expected,
         "render of {name} differs from {}:\n--- expected\n{expected}\n--- got\n{text}",
