@@ -270,6 +270,7 @@ pub struct ServerBuilder {
     history_limit: usize,
     watch_timeout: Duration,
     kubeconfig_dir: Option<PathBuf>,
+    listener: Option<Arc<TcpListener>>,
 }
 
 impl Default for ServerBuilder {
@@ -279,6 +280,7 @@ impl Default for ServerBuilder {
             history_limit: 1_000_000,
             watch_timeout: Duration::from_secs(1800),
             kubeconfig_dir: None,
+            listener: None,
         }
     }
 }
@@ -310,9 +312,24 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds 127.0.0.1 on a random port, writes the kubeconfig and starts serving.
+    /// Serves on an already bound listener instead of 127.0.0.1 on a random port: e.g. one
+    /// bound from a thread inside a test network namespace, so that node agents in other
+    /// namespaces can reach the server over the test network. The kubeconfig points at the
+    /// listener's address.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Binds 127.0.0.1 on a random port (or uses [`listener`](Self::listener)), writes the
+    /// kubeconfig and starts serving.
     pub fn start(self) -> Result<Server, ServerError> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(ServerError::Bind)?;
+        let listener = match self.listener {
+            Some(l) => Arc::try_unwrap(l)
+                .or_else(|l| l.try_clone())
+                .map_err(ServerError::Bind)?,
+            None => TcpListener::bind("127.0.0.1:0").map_err(ServerError::Bind)?,
+        };
         let addr = listener.local_addr().map_err(ServerError::Bind)?;
         let url = format!("http://{addr}");
         let (dir, owned_dir) = match self.kubeconfig_dir {
