@@ -227,6 +227,16 @@ def test_agent_command_line(rendered: Rendered) -> None:
     bind = values["metrics"]["bindAddress"]
     host = f"[{bind}]" if ":" in bind else bind
     assert args["metrics-addr"] == f"{host}:{values['metrics']['port']}"
+    cni = values["cni"]
+    if cni["install"] and not cni["uninstall"]:
+        # The agent keeps the plugin chained in the config the init container edited.
+        assert args["cni-conf-dir"] == "/host/etc/cni/net.d"
+        assert args.get("cni-conflist") == (cni["conflist"] or None)
+        assert args["cni-timeout-seconds"] == str(cni["timeoutSeconds"])
+        mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+        assert mounts["/host/etc/cni/net.d"] == "cni-conf"
+    else:
+        assert "cni-conf-dir" not in args
     for extra in values["extraArgs"]:
         key, _, value = extra[2:].partition("=")
         assert args[key] == (value or True)
@@ -257,7 +267,11 @@ def test_socket_dir_is_the_same_path_in_the_pod_and_on_the_host(rendered: Render
     assert rendered.volume("run")["hostPath"]["path"] == values["socketDir"]
     assert not mounts["run"].get("readOnly")
     assert mounts["tmp"]["mountPath"] == "/tmp"
-    assert set(mounts) == {"run", "tmp"}, "the agent needs no other host path"
+    cni = values["cni"]
+    wanted = {"run", "tmp"}
+    if cni["install"] and not cni["uninstall"]:
+        wanted.add("cni-conf")  # to keep the plugin chained when flannel rewrites its config
+    assert set(mounts) == wanted, "the agent needs no other host path"
 
 
 def test_image_defaults_to_app_version(default: Rendered) -> None:

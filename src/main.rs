@@ -125,6 +125,19 @@ struct AgentArgs {
     /// Timeout of the API GET for a pod the watch has not delivered yet (CNI ADD).
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "NFTPOL_API_TIMEOUT")]
     api_timeout: Duration,
+    /// The host's CNI config dir as mounted into the agent: when set, the agent keeps the
+    /// plugin chained there (the primary CNI may rewrite its config, as flannel does).
+    #[arg(long, env = "NFTPOL_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The config file to keep the plugin in (default: the one the runtime loads).
+    #[arg(long, env = "NFTPOL_CNI_CONFLIST", requires = "cni_conf_dir")]
+    cni_conflist: Option<String>,
+    /// `timeoutSeconds` of the plugin entry (as install-cni writes it).
+    #[arg(long, default_value_t = nftpol_cni::install::DEFAULT_TIMEOUT_SECONDS)]
+    cni_timeout_seconds: u64,
+    /// How often the CNI config is checked.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "NFTPOL_CNI_CHECK_INTERVAL")]
+    cni_check_interval: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -158,6 +171,16 @@ impl AgentArgs {
         c.kernel_poll_interval = self.kernel_poll_interval;
         c.cni_ready_timeout = self.cni_ready_timeout;
         c.api_timeout = self.api_timeout;
+        c.cni_config =
+            self.cni_conf_dir
+                .clone()
+                .map(|conf_dir| nftpol::agent::cni_config::CniConfigGuard {
+                    conf_dir,
+                    conflist: self.cni_conflist.clone(),
+                    socket: self.socket.clone(),
+                    timeout_seconds: self.cni_timeout_seconds,
+                    interval: self.cni_check_interval,
+                });
         c
     }
 }

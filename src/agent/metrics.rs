@@ -195,6 +195,8 @@ pub struct Metrics {
     pub cni_duration: HistogramFamily<CniLabels>,
     pub ready: Gauge,
     pub last_successful_sync: Gauge<f64, AtomicU64>,
+    pub cni_config_repairs: Counter,
+    pub cni_config_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -228,8 +230,20 @@ impl Metrics {
             cni_duration: Family::new_with_constructor(sync_buckets as fn() -> Histogram),
             ready: Gauge::default(),
             last_successful_sync: Gauge::default(),
+            cni_config_repairs: Counter::default(),
+            cni_config_errors: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "nftpol_cni_config_repairs",
+            "Times the host CNI config had lost the nftpol plugin entry and it was chained again",
+            m.cni_config_repairs.clone(),
+        );
+        registry.register(
+            "nftpol_cni_config_errors",
+            "Checks of the host CNI config that failed",
+            m.cni_config_errors.clone(),
+        );
         registry.register(
             "nftpol_sync_duration_seconds",
             "Duration of table syncs (compile, dump and diff for full syncs, apply)",

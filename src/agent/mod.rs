@@ -56,6 +56,7 @@
 
 pub mod attachments;
 pub mod cni;
+pub mod cni_config;
 pub mod engine;
 pub mod events;
 pub mod health;
@@ -106,6 +107,8 @@ pub struct AgentConfig {
     pub kernel_poll_interval: Duration,
     pub cni_ready_timeout: Duration,
     pub api_timeout: Duration,
+    /// Keep the plugin chained in the host's CNI config (off when `None`).
+    pub cni_config: Option<cni_config::CniConfigGuard>,
 }
 
 impl AgentConfig {
@@ -126,6 +129,7 @@ impl AgentConfig {
             kernel_poll_interval: Duration::from_secs(2),
             cni_ready_timeout: Duration::from_secs(8),
             api_timeout: Duration::from_secs(5),
+            cni_config: None,
         }
     }
 
@@ -195,6 +199,7 @@ pub struct Agent {
     engine_tx: mpsc::Sender<Input>,
     watchers: Vec<JoinHandle<()>>,
     cni: Option<JoinHandle<()>>,
+    cni_config: Option<JoinHandle<()>>,
     http: Option<JoinHandle<()>>,
     metrics_addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -264,6 +269,11 @@ impl Agent {
             cancel.clone(),
         ));
 
+        let cni_config = cfg
+            .cni_config
+            .clone()
+            .map(|guard| tokio::spawn(guard.run(metrics.clone(), cancel.clone())));
+
         let watchers = watch::spawn(watch::WatchContext {
             client: parts.client.clone(),
             converter,
@@ -278,6 +288,7 @@ impl Agent {
             engine_tx,
             watchers,
             cni: Some(cni),
+            cni_config,
             http: Some(http),
             metrics_addr,
             metrics,
@@ -309,6 +320,9 @@ impl Agent {
         self.cancel.cancel();
         if let Some(cni) = self.cni.take() {
             let _ = cni.await;
+        }
+        if let Some(guard) = self.cni_config.take() {
+            let _ = guard.await;
         }
         for w in self.watchers.drain(..) {
             w.abort();
