@@ -159,7 +159,7 @@ pub struct Compiler {
     /// Policy names by namespace, sorted: the order in which rules rank.
     policies_by_ns: FxHashMap<Str, BTreeSet<Str>>,
     /// Every relevant pod claiming an IP; the owner is chosen by [`Compiler::owner_of`].
-    ip_claims: FxHashMap<IpAddr, Vec<ObjectKey>>,
+    ip_claims: FxHashMap<IpAddr, Claims>,
     groups: FxHashMap<GroupKey, Group>,
     /// Output of every local isolated pod, as of the last commit.
     outputs: BTreeMap<ObjectKey, PodOutput>,
@@ -669,11 +669,13 @@ impl Compiler {
     /// The pod that owns an IP: among relevant pods claiming it, local pods first, then the
     /// smallest namespace/name (claims by two live pods mean stale data; be deterministic).
     fn owner_of(&self, ip: &IpAddr) -> Option<&ObjectKey> {
-        let claims = self.ip_claims.get(ip)?;
-        claims.iter().min_by_key(|k| {
-            let local = self.pods.get(*k).is_some_and(|p| self.is_local(p));
-            (!local, (*k).clone())
-        })
+        match self.ip_claims.get(ip)? {
+            Claims::One(key) => Some(key),
+            Claims::Many(claims) => claims.iter().min_by_key(|k| {
+                let local = self.pods.get(*k).is_some_and(|p| self.is_local(p));
+                (!local, (*k).clone())
+            }),
+        }
     }
 
     /// IPs of a pod that it owns.
@@ -825,15 +827,21 @@ impl Compiler {
             .map(|ip| self.owner_of(ip).cloned())
             .collect();
         for ip in old_ips.iter().filter(|ip| !new_ips.contains(ip)) {
-            if let Some(claims) = self.ip_claims.get_mut(ip) {
-                claims.retain(|k| k != key);
-                if claims.is_empty() {
-                    self.ip_claims.remove(ip);
-                }
+            let emptied = match self.ip_claims.get_mut(ip) {
+                Some(claims) => claims.remove(key),
+                None => false,
+            };
+            if emptied {
+                self.ip_claims.remove(ip);
             }
         }
         for ip in new_ips.iter().filter(|ip| !old_ips.contains(ip)) {
-            self.ip_claims.entry(*ip).or_default().push(key.clone());
+            match self.ip_claims.entry(*ip) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Claims::One(key.clone()));
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().add(key.clone()),
+            }
         }
         let old = match new {
             Some(p) => self.pods.insert(key.clone(), p),
@@ -926,6 +934,38 @@ impl Compiler {
             }
         }
         set
+    }
+}
+
+/// The pods claiming one IP: almost always one, so no allocation for the common case.
+#[derive(Debug)]
+enum Claims {
+    One(ObjectKey),
+    Many(Vec<ObjectKey>),
+}
+
+impl Claims {
+    fn add(&mut self, key: ObjectKey) {
+        match self {
+            Claims::One(first) => *self = Claims::Many(vec![first.clone(), key]),
+            Claims::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Removes a claim; true when none is left.
+    fn remove(&mut self, key: &ObjectKey) -> bool {
+        match self {
+            Claims::One(k) => k == key,
+            Claims::Many(keys) => {
+                keys.retain(|k| k != key);
+                let left = keys.len();
+                if left == 1 {
+                    let last = keys.remove(0);
+                    *self = Claims::One(last);
+                }
+                left == 0
+            }
+        }
     }
 }
 
