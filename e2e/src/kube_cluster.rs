@@ -207,7 +207,7 @@ impl KubeClusterBuilder {
         let kc = KubeCluster {
             agents: cluster.nodes().iter().map(|_| Mutex::new(None)).collect(),
             cluster,
-            api: Some(api),
+            api: Arc::new(api),
             agent_bin,
             agent_args: self.agent_args,
             plugin_dir,
@@ -297,7 +297,7 @@ pub struct KubeCluster {
     // Dropped after `Drop::drop` stopped the agents and the API server: pods get CNI DEL,
     // then every namespace goes.
     cluster: Cluster,
-    api: Option<Server>,
+    api: Arc<Server>,
     agent_bin: PathBuf,
     agent_args: Vec<String>,
     agents: Vec<Mutex<Option<Arc<Process>>>>,
@@ -350,10 +350,7 @@ impl KubeCluster {
 
     /// The test API server (objects, events, request counters, faults).
     pub fn api(&self) -> &Server {
-        // Only `Drop` takes it.
-        self.api
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("the API server is gone only during drop"))
+        &self.api
     }
 
     /// The plugin binary the runtime runs as `nftpol`.
@@ -812,7 +809,8 @@ impl KubeCluster {
     pub fn describe(&self) -> String {
         use std::fmt::Write as _;
         let mut s = self.cluster.describe();
-        if let Some(api) = &self.api {
+        {
+            let api = &self.api;
             let _ = writeln!(
                 s,
                 "  API server {} (kubeconfig {})",
@@ -867,15 +865,12 @@ impl Drop for KubeCluster {
             }
         });
         // The API server's shutdown wakes its accept loop by connecting to its own address,
-        // which only exists inside the underlay.
-        if let Some(api) = self.api.take() {
-            match self.cluster.underlay().run(|| api.shutdown()) {
-                Ok(()) => drop(api),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot stop the API server inside the underlay; leaving its threads");
-                    std::mem::forget(api);
-                }
-            }
+        // which only exists inside the underlay: never let that happen from the host's
+        // namespace (if entering the underlay fails, the server is leaked instead).
+        let api = self.api.clone();
+        if let Err(e) = self.cluster.underlay().run(|| api.shutdown()) {
+            tracing::warn!(error = %e, "cannot stop the API server inside the underlay; leaving its threads");
+            std::mem::forget(api);
         }
     }
 }

@@ -179,3 +179,73 @@ pub fn bracket(t: &nftpol_e2e::kube_cluster::Transition, since: Instant) -> Stri
         (upper, None) => format!("{upper:.1} (first probe)"),
     }
 }
+
+/// One expected cell: a probe and the outcome it must see.
+pub struct Cell<'a> {
+    pub from: &'a dyn Endpoint,
+    pub proto: Proto,
+    pub to: SocketAddr,
+    /// A name for the destination in messages.
+    pub what: &'a str,
+    pub want: Outcome,
+}
+
+/// Shorthand for a [`Cell`].
+pub fn cell<'a>(
+    from: &'a dyn Endpoint,
+    proto: Proto,
+    to: SocketAddr,
+    what: &'a str,
+    want: Outcome,
+) -> Cell<'a> {
+    Cell {
+        from,
+        proto,
+        to,
+        what,
+        want,
+    }
+}
+
+/// Runs every cell's probe concurrently and panics listing every mismatch.
+pub fn expect_all(title: &str, cells: &[Cell<'_>]) {
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = cells
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    probe_detailed(
+                        c.from.netns(),
+                        &Probe::new(c.proto, c.to.ip(), c.to.port(), PROBE),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut report = String::new();
+    let mut bad = 0;
+    for (c, r) in cells.iter().zip(&results) {
+        let mark = if r.outcome == c.want {
+            "  "
+        } else {
+            bad += 1;
+            "XX"
+        };
+        report.push_str(&format!(
+            "{mark} {:<24} -> {:<28} {} {:<22} want {:<9} got {:?} {}\n",
+            c.from.label(),
+            c.what,
+            c.proto,
+            c.to.to_string(),
+            format!("{:?}", c.want),
+            r.outcome,
+            r.detail.clone().unwrap_or_default()
+        ));
+    }
+    println!("{title}:\n{report}");
+    assert_eq!(bad, 0, "{title}: {bad} cells differ:\n{report}");
+}
