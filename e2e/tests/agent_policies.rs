@@ -354,3 +354,145 @@ fn a_pod_that_forges_its_source_address_is_dropped_while_its_genuine_traffic_pas
         Outcome::Connected,
     );
 }
+
+#[test]
+fn relabelling_pods_and_namespaces_through_the_api_server_moves_them_in_and_out_of_policies() {
+    skip_unless_root!(
+        "relabelling_pods_and_namespaces_through_the_api_server_moves_them_in_and_out_of_policies"
+    );
+    let kc = cluster("agent-relabel");
+    kc.create_namespace("guest", []).unwrap();
+    kc.apply(policy(
+        "app",
+        "web-ingress",
+        json!({
+            "podSelector": { "matchLabels": { "app": "web" } },
+            "ingress": [{ "from": [
+                { "podSelector": { "matchLabels": { "role": "friend" } } },
+                { "namespaceSelector": { "matchLabels": { "team": "blue" } } },
+            ] }],
+        }),
+    ))
+    .unwrap();
+    kc.wait_watched("networkpolicy", 1, WAIT).unwrap();
+    let pods = kc
+        .add_pods([
+            PodSpec::new("app", "web").on(0).label("app", "web"),
+            PodSpec::new("app", "client").on(1),
+            PodSpec::new("guest", "visitor").on(0),
+        ])
+        .unwrap();
+    pods[0].serve(Proto::Tcp, 80).unwrap();
+    let (web, client, visitor) = (&pods[0], &pods[1], &pods[2]);
+    let to = sock(web.ips[0], 80);
+    let labels = |kind, ns: Option<&str>, name: &str, labels: Value| {
+        kc.api()
+            .patch(kind, ns, name, json!({ "metadata": { "labels": labels } }))
+            .unwrap();
+        Instant::now()
+    };
+    use nftpol_e2e::apiserver::Kind;
+    expect(client, to, Proto::Tcp, Outcome::Blocked);
+    expect(visitor, to, Proto::Tcp, Outcome::Blocked);
+
+    let t0 = labels(
+        Kind::Pod,
+        Some("app"),
+        "client",
+        json!({ "role": "friend" }),
+    );
+    let t = until_connected(client, Proto::Tcp, to);
+    figure(
+        "pod labelled into a peer selector -> connects ms",
+        bracket(&t, t0),
+    );
+    let t0 = labels(Kind::Pod, Some("app"), "client", json!({ "role": null }));
+    let t = until_blocked(client, Proto::Tcp, to);
+    figure("pod label removed -> blocked ms", bracket(&t, t0));
+
+    let t0 = labels(Kind::Namespace, None, "guest", json!({ "team": "blue" }));
+    let t = until_connected(visitor, Proto::Tcp, to);
+    figure(
+        "namespace labelled into a namespace selector -> connects ms",
+        bracket(&t, t0),
+    );
+    let t0 = labels(Kind::Namespace, None, "guest", json!({ "team": "red" }));
+    let t = until_blocked(visitor, Proto::Tcp, to);
+    figure("namespace relabelled out -> blocked ms", bracket(&t, t0));
+
+    // The selected pod itself leaves the policy: nothing isolates it any more.
+    let t0 = labels(Kind::Pod, Some("app"), "web", json!({ "app": "web-v2" }));
+    let t = until_connected(client, Proto::Tcp, to);
+    figure(
+        "isolated pod relabelled out of the policy -> open ms",
+        bracket(&t, t0),
+    );
+    expect(visitor, to, Proto::Tcp, Outcome::Connected);
+    let _ = labels(Kind::Pod, Some("app"), "web", json!({ "app": "web" }));
+    until_blocked(visitor, Proto::Tcp, to);
+    expect(client, to, Proto::Tcp, Outcome::Blocked);
+}
+
+#[test]
+fn a_pod_deleted_and_recreated_under_the_same_name_takes_nothing_from_its_predecessor() {
+    skip_unless_root!(
+        "a_pod_deleted_and_recreated_under_the_same_name_takes_nothing_from_its_predecessor"
+    );
+    let kc = cluster("agent-recreate");
+    // db admits only `app/api`; api's egress is limited to db.
+    kc.apply(policy(
+        "app",
+        "db-ingress",
+        json!({
+            "podSelector": { "matchLabels": { "app": "db" } },
+            "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "app": "api" } } }] }],
+        }),
+    ))
+    .unwrap();
+    kc.apply(policy(
+        "app",
+        "api-egress",
+        json!({
+            "podSelector": { "matchLabels": { "app": "api" } },
+            "policyTypes": ["Egress"],
+            "egress": [{ "to": [{ "podSelector": { "matchLabels": { "app": "db" } } }] }],
+        }),
+    ))
+    .unwrap();
+    kc.wait_watched("networkpolicy", 2, WAIT).unwrap();
+    let pods = kc
+        .add_pods([
+            PodSpec::new("app", "db").on(1).label("app", "db"),
+            PodSpec::new("app", "api").on(0).label("app", "api"),
+            PodSpec::new("app", "other").on(0),
+        ])
+        .unwrap();
+    for p in &pods {
+        p.serve(Proto::Tcp, 80).unwrap();
+    }
+    let (db, api, other) = (&pods[0], &pods[1], &pods[2]);
+    expect(api, sock(db.ips[0], 80), Proto::Tcp, Outcome::Connected);
+    expect(api, sock(other.ips[0], 80), Proto::Tcp, Outcome::Blocked);
+
+    // `api` is recreated (as a StatefulSet would) without its label: a new sandbox, a new
+    // address, and no longer an api pod. `db` must not admit it, nor its old address.
+    let old_ip = api.ips[0];
+    kc.delete_pod(api).unwrap();
+    let api2 = kc.add_pod(PodSpec::new("app", "api").on(0)).unwrap();
+    api2.serve(Proto::Tcp, 80).unwrap();
+    assert_ne!(api2.ips[0], old_ip);
+    expect(&api2, sock(db.ips[0], 80), Proto::Tcp, Outcome::Blocked);
+    expect(
+        &api2,
+        sock(other.ips[0], 80),
+        Proto::Tcp,
+        Outcome::Connected,
+    );
+    for i in 0..2 {
+        let table = kc.table(i).unwrap().unwrap();
+        assert!(
+            !table.contains(&format!("{old_ip} ")) && !table.contains(&format!("{old_ip},")),
+            "node-{i} still has the deleted pod's {old_ip}:\n{table}"
+        );
+    }
+}

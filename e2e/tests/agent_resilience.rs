@@ -3,6 +3,9 @@
 //! - Both agents SIGKILLed and restarted: probes run back to back through the whole window;
 //!   allowed flows never fail, denied ones never connect, and the restarted agents find the
 //!   kernel table already right (same handles, counters still counting, no transaction).
+//! - An agent restarted while the API server does not answer: it keeps the old table in
+//!   force, is not ready, answers ADD with try-again, and catches up with what changed
+//!   meanwhile once the API server answers again.
 //! - The table deleted, flushed, or given a foreign rule by hand with `nft`: the agent
 //!   restores exactly what was there (nf_tables notifications, no polling), and the denied
 //!   flow is denied again. The time to restore and the exposure meanwhile are printed.
@@ -32,7 +35,11 @@ struct Setup {
 /// `app/web` (node-0, TCP 8080) admits `role: friend` pods; `friend` on node-1, strangers
 /// `near` (node-0) and `far` (node-1). Returns once both directions are enforced.
 fn setup(prefix: &str) -> Setup {
-    let kc = cluster(prefix);
+    setup_with(builder(prefix))
+}
+
+fn setup_with(b: nftpol_e2e::kube_cluster::KubeClusterBuilder) -> Setup {
+    let kc = b.build().unwrap_or_else(|e| panic!("{e}"));
     kc.apply(policy(
         "app",
         "web-ingress",
@@ -50,7 +57,7 @@ fn setup(prefix: &str) -> Setup {
         .add_pods([
             PodSpec::new("app", "web").on(0).label("app", "web"),
             PodSpec::new("app", "friend").on(1).label("role", "friend"),
-            PodSpec::new("app", "near").on(0),
+            PodSpec::new("app", "near").on(0).label("role", "near"),
             PodSpec::new("app", "far").on(1),
         ])
         .unwrap();
@@ -299,5 +306,113 @@ fn a_table_deleted_flushed_or_altered_by_hand_is_restored_and_the_denied_flow_de
         m.value("nftpol_kernel_drift_total").unwrap_or(0.0) >= 3.0,
         "drift not counted: {:?}",
         m.value("nftpol_kernel_drift_total")
+    );
+}
+
+#[test]
+fn an_agent_restarted_while_the_api_server_is_unreachable_keeps_the_old_table_and_catches_up() {
+    skip_unless_root!(
+        "an_agent_restarted_while_the_api_server_is_unreachable_keeps_the_old_table_and_catches_up"
+    );
+    let s = setup_with(builder("agent-api-down").agent_arg("--cni-ready-timeout=1s"));
+    let kc = &s.kc;
+    let to = sock(s.web.ips[0], 8080);
+    let before = handles(&kc.table_with_handles(0).unwrap().unwrap());
+
+    // The API server stalls (requests are read, never answered); node-0's agent restarts.
+    kc.api().pause();
+    let probes = start_probes(&s);
+    kc.kill_agent(0).unwrap();
+    let restarted = Instant::now();
+    kc.spawn_agent(0).unwrap();
+    // Meanwhile someone admits `near` too: the agent cannot know yet.
+    kc.apply(policy(
+        "app",
+        "allow-near",
+        json!({
+            "podSelector": { "matchLabels": { "app": "web" } },
+            "ingress": [{ "from": [{ "podSelector": { "matchLabels": { "role": "near" } } }] }],
+        }),
+    ))
+    .unwrap();
+    // Not ready: it has not seen the cluster, and must not program anything.
+    let err = kc
+        .wait_agent_ready(0, Duration::from_secs(2))
+        .expect_err("ready without the API server");
+    println!("while the API server stalls: {err}");
+    assert!(
+        kc.agent(0).is_some_and(|p| p.is_running()),
+        "the agent gave up"
+    );
+    // A new pod: ADD waits for readiness, then answers try-again.
+    let t = Instant::now();
+    let e = kc
+        .add_pod(PodSpec::new("app", "late").on(0))
+        .expect_err("a pod started while the agent is not ready");
+    let f = match &e {
+        nftpol_e2e::kube_cluster::KubeClusterError::Cluster(nftpol_e2e::ClusterError::Cni {
+            source,
+            ..
+        }) => match source.as_ref() {
+            nftpol_e2e::cni::CniError::Plugin(f) => f.clone(),
+            other => panic!("{other}"),
+        },
+        other => panic!("{other}"),
+    };
+    println!("ADD while not ready ({:.0} ms): {f}", ms_since(t));
+    assert_eq!(f.code, Some(11), "{f}");
+    assert_eq!(
+        handles(&kc.table_with_handles(0).unwrap().unwrap()),
+        before,
+        "the table changed while the agent had not synced"
+    );
+    expect(&s.near, to, Proto::Tcp, Outcome::Blocked);
+
+    // The API server answers again: the agent syncs, `near` gets in, the retried ADD works.
+    let resumed = Instant::now();
+    kc.api().resume();
+    kc.wait_agent_ready(0, WAIT).unwrap();
+    let ready_ms = ms_since(resumed);
+    let t = until_connected(&s.near, Proto::Tcp, to);
+    let late = kc.add_pod(PodSpec::new("app", "late").on(0)).unwrap();
+    let logs: Vec<_> = probes.into_iter().map(ProbeLoop::stop).collect();
+    for log in &logs {
+        println!("{}", log.summary());
+    }
+    let failed = logs[0].other_than(Outcome::Connected);
+    assert!(failed.is_empty(), "the allowed flow failed: {failed:?}");
+    assert_eq!(
+        logs[2].count(Outcome::Connected),
+        0,
+        "{}",
+        logs[2].summary()
+    );
+    let near_before_resume = logs[1]
+        .attempts
+        .iter()
+        .filter(|a| a.outcome == Outcome::Connected && a.end < resumed)
+        .count();
+    assert_eq!(near_before_resume, 0, "near got in before the agent synced");
+    figure(
+        "API server stalled: agent restart, outage length ms",
+        format!(
+            "{:.0}",
+            resumed.saturating_duration_since(restarted).as_secs_f64() * 1e3
+        ),
+    );
+    figure(
+        "API server back -> agent ready ms",
+        format!("{ready_ms:.0}"),
+    );
+    figure(
+        "API server back -> policy written during the outage enforced ms",
+        bracket(&t, resumed),
+    );
+    late.serve(Proto::Tcp, 8080).unwrap();
+    expect(
+        &s.far,
+        sock(late.ips[0], 8080),
+        Proto::Tcp,
+        Outcome::Connected,
     );
 }
