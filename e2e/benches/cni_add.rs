@@ -33,6 +33,9 @@
 //! pointing at the release binaries. `CNI_ADD_PLUGIN=main` installs the main binary as the
 //! plugin instead of the static one.
 //!
+//! `CNI_ADD_POLICY=same-namespace` adds a policy letting the namespace's pods reach each other
+//! (the ingress allow map then holds a pair per two pods).
+//!
 //! Needs root (network namespaces); prints a loud message and exits 0 otherwise.
 
 use std::io::Write;
@@ -87,7 +90,22 @@ fn run(pods: usize, plugin: PluginBinary) -> Result<(), Box<dyn std::error::Erro
         "metadata": { "namespace": "bench", "name": "default-deny" },
         "spec": { "podSelector": {}, "policyTypes": ["Ingress", "Egress"] },
     }))?;
-    kc.wait_watched("networkpolicy", 1, Duration::from_secs(20))?;
+    // CNI_ADD_POLICY=same-namespace: the pods also admit each other (every pod is a peer of
+    // every other: the allow maps grow with the square of the pods).
+    let same_namespace = std::env::var("CNI_ADD_POLICY").as_deref() == Ok("same-namespace");
+    if same_namespace {
+        kc.apply(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": { "namespace": "bench", "name": "allow-same-namespace" },
+            "spec": { "podSelector": {}, "ingress": [{ "from": [{ "podSelector": {} }] }] },
+        }))?;
+    }
+    kc.wait_watched(
+        "networkpolicy",
+        if same_namespace { 2 } else { 1 },
+        Duration::from_secs(20),
+    )?;
     let node = kc.node(0);
     let with = node.conflist();
     let mut without = with.clone();
@@ -256,12 +274,17 @@ fn run(pods: usize, plugin: PluginBinary) -> Result<(), Box<dyn std::error::Erro
         .count();
 
     println!(
-        "\ncni_add: {pods} rounds of 4 pods on one node ({:?} plugin, {}), {:.1} s; the table ends with {isolated} isolated pods",
+        "\ncni_add: {pods} rounds of 4 pods on one node ({:?} plugin, {}{}), {:.1} s; the table ends with {isolated} isolated pods",
         plugin,
         if cfg!(debug_assertions) {
             "debug build of this bench"
         } else {
             "release build"
+        },
+        if same_namespace {
+            ", same-namespace allowed"
+        } else {
+            ""
         },
         elapsed.as_secs_f64()
     );
