@@ -686,6 +686,18 @@ impl Cluster {
     /// conflist. When ADD fails, the runtime's cleanup follows (DEL of the whole list without
     /// a cached result, namespace removed) and the plugin's error is returned.
     pub fn add_pod(&self, spec: PodSpec) -> Result<Pod> {
+        self.add_pod_prepared(spec, |_| Ok(()))
+    }
+
+    /// Like [`Cluster::add_pod`], but runs `prepare` on the pod's namespace after it is created
+    /// and before CNI ADD, as a runtime starts the sandbox before its network: e.g. to start
+    /// the pod's servers first, so that any moment of reachability during the ADD would show.
+    /// When `prepare` fails, the namespace is removed and its error returned.
+    pub fn add_pod_prepared(
+        &self,
+        spec: PodSpec,
+        prepare: impl FnOnce(&Netns) -> Result<()>,
+    ) -> Result<Pod> {
         let node = self.nodes.get(spec.node).ok_or_else(|| {
             ClusterError::Invalid(format!(
                 "pod {}: no node {} (cluster has {})",
@@ -707,6 +719,12 @@ impl Cluster {
         }
         let k = self.seq.fetch_add(1, Ordering::Relaxed);
         let netns = Netns::create(&format!("{}-p{k}", self.base))?;
+        if let Err(e) = prepare(&netns) {
+            if let Err(del) = netns.delete() {
+                tracing::warn!(pod = %spec.key(), error = %del, "cannot remove namespace of unprepared pod");
+            }
+            return Err(e);
+        }
         let container_id = format!(
             "{:016x}{:016x}{:032x}",
             std::process::id(),

@@ -65,6 +65,8 @@
 //! - [`Matrix`]: rows (any [`Endpoint`]: pod, node, host), columns (addresses), cases
 //!   (protocol, port); [`MatrixResult::assert`] prints expected vs actual grids on mismatch.
 //! - [`cni::Runtime`]: the runtime emulation on its own (ADD/CHECK/DEL of a [`ConfList`]).
+//! - [`kube_cluster::KubeCluster`]: the cluster with a test API server and an `nftpol agent`
+//!   per node, the nftpol CNI plugin chained after `bridge`, pods created as the kubelet does.
 //!
 //! # Example: 2 nodes, 3 namespaces x 3 pods
 //!
@@ -102,6 +104,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod kube;
+pub mod kube_cluster;
 pub mod matrix;
 pub mod netns;
 pub mod process;
