@@ -227,10 +227,10 @@ async fn the_engine_restores_a_table_deleted_or_flushed_with_nft() {
     let took = converges(&ns, &want_9090, "deleted table").await;
     eprintln!("table deleted with nft was restored after {took:?}");
 
-    ns.run(&["nft", "flush", "chain", "inet", TABLE, "forward"])
+    ns.run(&["nft", "flush", "chain", "inet", TABLE, "ingress"])
         .expect("nft flush chain");
     let took = converges(&ns, &want_9090, "flushed chain").await;
-    eprintln!("flushed forward chain was restored after {took:?}");
+    eprintln!("flushed ingress chain was restored after {took:?}");
     assert!(
         metrics.encode().contains("nftpol_kernel_drift_total 2"),
         "{}",

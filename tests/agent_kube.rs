@@ -457,13 +457,13 @@ async fn a_table_deleted_or_altered_behind_the_agents_back_is_restored() {
     r.converges_to(&objects).await;
     eprintln!("deleted table restored after {:?}", started.elapsed());
 
-    // Someone flushes the forward chain.
+    // Someone flushes the ingress chain.
     r.fake
         .state()
         .fake
         .table_mut(TABLE)
-        .and_then(|t| t.chains.get_mut("forward"))
-        .expect("forward chain")
+        .and_then(|t| t.chains.get_mut("ingress"))
+        .expect("ingress chain")
         .rules
         .clear();
     let table = r.converges_to(&objects).await;

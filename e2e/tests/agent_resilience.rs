@@ -234,7 +234,7 @@ fn a_table_deleted_flushed_or_altered_by_hand_is_restored_and_the_denied_flow_de
         ("flushed", vec!["flush", "table", "inet", "nftpol"]),
         (
             "given an accept-all rule",
-            vec!["insert", "rule", "inet", "nftpol", "forward", "accept"],
+            vec!["insert", "rule", "inet", "nftpol", "ingress", "accept"],
         ),
     ] {
         let probes = start_probes(&s);

@@ -307,7 +307,7 @@ fn changed_inputs_send_only_their_delta_and_unchanged_input_sends_nothing() {
     check_traffic(&fx, name, &extra, &allowed);
 
     // 6. A second policy: its rule chain (one rule) and the 3 y pods x 2 families elements.
-    // x/a's own chain may be rewritten (its lookups name the policies they serve); no other
+    // x/a's own chain may be rewritten (its drop names the policies that isolate it); no other
     // chain is touched.
     let name = "6: policy dns-from-blue added";
     let both = format!("{}---{}", friends_policy(81), DNS_FROM_BLUE);
@@ -375,11 +375,11 @@ fn changed_inputs_send_only_their_delta_and_unchanged_input_sends_nothing() {
     check_traffic(&fx, name, &extra, &allowed);
 
     // 8. No policy left: x/a is no longer isolated. Only deletions: x/a's chain and the rule
-    // chain; x/a's dispatch elements (one per family), its 6 peer elements and its 2 "reaches
-    // itself" elements.
+    // chain; x/a's dispatch elements and isolated-set elements (one each per family), its 6
+    // peer elements and its 2 "reaches itself" elements.
     let name = "8: no policy";
     let (s, touched) = step(&fx, name, &snapshot(&fx, &friends), "");
-    assert_delta(name, &s[0], (0, 0, 2, 0, 2 + 6 + 2, 0));
+    assert_delta(name, &s[0], (0, 0, 2, 0, 2 + 2 + 6 + 2, 0));
     assert_eq!(
         touched,
         [chains(&[]), chains(&[])],

@@ -177,12 +177,12 @@ pub fn antispoof_chain_name(ifname: &str) -> Name {
     }
 }
 
-/// Name of the map that dispatches packets of isolated local pods to their chains.
+/// Name of the map that sends packets of isolated local pods that no allow map accepted to
+/// their own chain (big peer groups, then the drop).
 pub fn dispatch_map(dir: Direction, fam: Family) -> Name {
     format!("{}_pods_{}", dir.as_str(), fam.suffix()).into()
 }
 
-pub const FORWARD: &str = "forward";
 /// Chains that allow a pod's traffic to itself (hairpin through a Service): "a pod cannot
 /// block access to itself".
 pub const SELF_INGRESS: &str = "self_ingress";
@@ -195,7 +195,6 @@ pub fn self_chain(dir: Direction) -> Name {
         Direction::Egress => SELF_EGRESS.into(),
     }
 }
-pub const INPUT: &str = "input";
 /// Priority of both base chains: `filter` (0). After Service DNAT (`dstnat`, -100).
 pub const FILTER_PRIORITY: i32 = 0;
 
@@ -248,7 +247,39 @@ pub fn comment(text: String) -> String {
     format!("{}...", &text[..cut])
 }
 
-/// The table skeleton: base chains and every global map, all empty of elements.
+/// The set of local pods isolated in a direction: every other packet of that direction is
+/// accepted after one lookup.
+pub fn isolated_set(dir: Direction, fam: Family) -> Name {
+    format!("{}_isolated_{}", dir.as_str(), fam.suffix()).into()
+}
+
+/// The regular chain holding a direction's checks, reached from the base chains.
+pub fn direction_chain(dir: Direction) -> Name {
+    dir.as_str().into()
+}
+
+/// Base chains: (name, hook, priority, direction). Egress runs just before ingress on the
+/// forward hook, so same-node traffic passes the sender's egress and then the receiver's
+/// ingress: an `accept` only ends the base chain it happens in.
+pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 3] = [
+    ("forward_egress", Hook::Forward, FILTER_PRIORITY - 1, Direction::Egress),
+    ("forward_ingress", Hook::Forward, FILTER_PRIORITY, Direction::Ingress),
+    ("input_egress", Hook::Input, FILTER_PRIORITY, Direction::Egress),
+];
+
+/// What each allow map holds, for the comments of the lookups.
+fn allow_map_comment(map: AllowMap) -> &'static str {
+    match map {
+        AllowMap::PeerPort => "pod peers on single ports: elements name the policy rule",
+        AllowMap::PeerProto => "pod peers on every port of a protocol",
+        AllowMap::Peer => "pod peers on every port, and each pod itself",
+        AllowMap::Cidr => "ipBlocks and any peer, every port",
+        AllowMap::CidrPort => "ipBlocks and any peer on ports, and port ranges",
+    }
+}
+
+/// The table skeleton: base chains, the direction chains and every global set and map, all
+/// empty of elements.
 pub fn skeleton(table: &str) -> crate::nft::model::Table {
     let mut t = crate::nft::model::Table::new(table);
     for fam in Family::BOTH {
@@ -261,27 +292,35 @@ pub fn skeleton(table: &str) -> crate::nft::model::Table {
         for fam in Family::BOTH {
             let d = Set::verdict_map(dispatch_map(dir, fam), vec![fam.addr_type()]);
             t.sets.insert(d.name.clone(), d);
+            let i = Set::new(isolated_set(dir, fam), vec![fam.addr_type()]);
+            t.sets.insert(i.name.clone(), i);
             for m in AllowMap::ALL {
                 let s = m.set(dir, fam);
                 t.sets.insert(s.name.clone(), s);
             }
         }
+        let c = direction_chain_rules(dir);
+        t.chains.insert(c.name.clone(), c);
     }
-    let forward = base_chain(
-        FORWARD,
-        Hook::Forward,
-        &[Direction::Egress, Direction::Ingress],
-    );
-    let input = base_chain(INPUT, Hook::Input, &[Direction::Egress]);
-    t.chains.insert(forward.name.clone(), forward);
-    t.chains.insert(input.name.clone(), input);
-    for (dir, verdict) in [
-        (Direction::Ingress, Verdict::Accept),
-        (Direction::Egress, Verdict::Return),
-    ] {
+    for (name, hook, priority, dir) in BASE_CHAINS {
+        let mut c = Chain::base(
+            name,
+            BaseChain {
+                hook,
+                priority,
+                policy: ChainPolicy::Accept,
+            },
+        );
+        c.rules.push(Rule::new(
+            vec![],
+            Action::Verdict(Verdict::Jump(direction_chain(dir))),
+        ));
+        t.chains.insert(c.name.clone(), c);
+    }
+    for dir in Direction::BOTH {
         let mut c = Chain::regular(self_chain(dir));
         c.rules.push(
-            Rule::new(vec![], Action::Verdict(verdict))
+            Rule::new(vec![], Action::Verdict(Verdict::Accept))
                 .counted()
                 .comment("a pod can always reach itself"),
         );
@@ -290,15 +329,13 @@ pub fn skeleton(table: &str) -> crate::nft::model::Table {
     t
 }
 
-fn base_chain(name: &str, hook: Hook, dirs: &[Direction]) -> Chain {
-    let mut c = Chain::base(
-        name,
-        BaseChain {
-            hook,
-            priority: FILTER_PRIORITY,
-            policy: ChainPolicy::Accept,
-        },
-    );
+/// The checks of one direction, in order: replies and neighbour discovery pass; addresses of
+/// this node's pod range that no known pod holds are dropped; traffic of pods not isolated in
+/// this direction is accepted after one lookup; then one lookup per allow map (an element is
+/// `goto` the allowing policy rule's chain, which accepts); what is left goes to the pod's own
+/// chain (rules for big peer groups, then a counted drop).
+fn direction_chain_rules(dir: Direction) -> Chain {
+    let mut c = Chain::regular(direction_chain(dir));
     c.rules.push(Rule::new(
         vec![Match::CtState(
             CtStates::ESTABLISHED.union(CtStates::RELATED),
@@ -326,35 +363,22 @@ fn base_chain(name: &str, hook: Hook, dirs: &[Direction]) -> Chain {
     ));
     // An address of this node's pod ranges that no known pod holds is a pod whose policy is
     // not in place yet (or no pod at all): drop, so no pod is ever reachable unprotected.
-    let guarded: &[Field] = if dirs.contains(&Direction::Ingress) {
-        &[
-            Field::IpSaddr,
-            Field::IpDaddr,
-            Field::Ip6Saddr,
-            Field::Ip6Daddr,
-        ]
-    } else {
-        &[Field::IpSaddr, Field::Ip6Saddr]
+    let side = match dir {
+        Direction::Egress => "source",
+        Direction::Ingress => "destination",
     };
-    for field in guarded {
-        let fam = match field {
-            Field::IpSaddr | Field::IpDaddr => Family::V4,
-            _ => Family::V6,
-        };
-        let side = match field {
-            Field::IpSaddr | Field::Ip6Saddr => "source",
-            _ => "destination",
-        };
+    for fam in Family::BOTH {
+        let field = local_field(dir, fam);
         c.rules.push(
             Rule::new(
                 vec![
                     Match::Lookup {
-                        key: vec![*field],
+                        key: vec![field],
                         set: SetRef::Named(local_pod_cidrs_set(fam)),
                         negate: false,
                     },
                     Match::Lookup {
-                        key: vec![*field],
+                        key: vec![field],
                         set: SetRef::Named(local_pods_set(fam)),
                         negate: true,
                     },
@@ -365,17 +389,38 @@ fn base_chain(name: &str, hook: Hook, dirs: &[Direction]) -> Chain {
             .comment(format!("{side} in this node's pod range but no known pod")),
         );
     }
-    for dir in dirs {
-        for fam in Family::BOTH {
-            let field = local_field(*dir, fam);
-            c.rules.push(Rule::new(
-                vec![],
-                Action::VMap {
-                    key: vec![field],
-                    map: dispatch_map(*dir, fam),
-                },
-            ));
+    for fam in Family::BOTH {
+        c.rules.push(Rule::new(
+            vec![Match::Lookup {
+                key: vec![local_field(dir, fam)],
+                set: SetRef::Named(isolated_set(dir, fam)),
+                negate: true,
+            }],
+            Action::Verdict(Verdict::Accept),
+        ));
+    }
+    for fam in Family::BOTH {
+        for map in AllowMap::ALL {
+            c.rules.push(
+                Rule::new(
+                    vec![],
+                    Action::VMap {
+                        key: map.key_fields(dir, fam),
+                        map: map.name(dir, fam),
+                    },
+                )
+                .comment(allow_map_comment(map)),
+            );
         }
+    }
+    for fam in Family::BOTH {
+        c.rules.push(Rule::new(
+            vec![],
+            Action::VMap {
+                key: vec![local_field(dir, fam)],
+                map: dispatch_map(dir, fam),
+            },
+        ));
     }
     c
 }

@@ -235,14 +235,6 @@ impl Accumulator {
     fn finish(self, out: &mut PodOutput, pod_label: &str, policies: &str) -> Vec<Rule> {
         let mut rules = Vec::new();
         let goto = |rank: u32| Verdict::Goto(self.ranks[rank as usize].0.clone());
-        let label = |ranks: &BTreeSet<u32>| -> String {
-            let mut parts: Vec<&str> = ranks
-                .iter()
-                .map(|r| self.ranks[*r as usize].1.as_str())
-                .collect();
-            parts.dedup();
-            layout::comment(parts.join(", "))
-        };
         for fam in self.families() {
             let locals: Vec<KeyPart> = self
                 .local
@@ -304,20 +296,8 @@ impl Accumulator {
                 if elements.is_empty() {
                     continue;
                 }
-                let used: BTreeSet<u32> = elements.values().copied().collect();
-                let map_name = map.name(self.dir, fam);
-                rules.push(
-                    Rule::new(
-                        vec![],
-                        Action::VMap {
-                            key: map.key_fields(self.dir, fam),
-                            map: map_name.clone(),
-                        },
-                    )
-                    .comment(label(&used)),
-                );
                 out.elements
-                    .entry(map_name)
+                    .entry(map.name(self.dir, fam))
                     .or_default()
                     .extend(elements.into_iter().map(|(k, r)| (k, Some(goto(r)))));
             }
@@ -404,13 +384,15 @@ impl Compiler {
             let rules = acc.finish(&mut out, &pod_label, &names.join(", "));
             for ip in &local {
                 let fam = Family::of(ip);
+                let key = Key::new(vec![addr_part(ip)]);
+                out.elements
+                    .entry(layout::isolated_set(dir, fam))
+                    .or_default()
+                    .insert(key.clone(), None);
                 out.elements
                     .entry(layout::dispatch_map(dir, fam))
                     .or_default()
-                    .insert(
-                        Key::new(vec![addr_part(ip)]),
-                        Some(Verdict::Jump(chain.clone())),
-                    );
+                    .insert(key, Some(Verdict::Goto(chain.clone())));
             }
             let mut c = Chain::regular(chain.clone());
             c.rules = rules;
@@ -693,16 +675,13 @@ fn port_match(numeric: &[PortSel]) -> Match {
     }
 }
 
-/// The one-rule chain of a policy rule: counts and allows. Egress returns, so that the
-/// destination's ingress check (same node) still runs.
-fn rule_chain(name: &Name, dir: Direction, label: &str) -> Chain {
-    let verdict = match dir {
-        Direction::Ingress => Verdict::Accept,
-        Direction::Egress => Verdict::Return,
-    };
+/// The one-rule chain of a policy rule: counts and accepts. An accept ends only the base
+/// chain it happens in, so the receiver's ingress check (same node) still runs after an
+/// egress accept.
+fn rule_chain(name: &Name, _dir: Direction, label: &str) -> Chain {
     let mut chain = Chain::regular(name.clone());
     chain.rules.push(
-        Rule::new(vec![], Action::Verdict(verdict))
+        Rule::new(vec![], Action::Verdict(Verdict::Accept))
             .counted()
             .comment(layout::comment(
                 label.replace('[', " rule ").replace(']', ""),

@@ -96,7 +96,9 @@ fn first_commit_creates_the_skeleton_and_nothing_else_without_policies() {
     let tx = c.commit();
     assert!(tx.create_table);
     let t = c.table().unwrap();
-    assert!(t.chains.contains_key("forward") && t.chains.contains_key("input"));
+    for base in ["forward_egress", "forward_ingress", "input_egress"] {
+        assert!(t.chains[base].base.is_some(), "{base} is a base chain");
+    }
     assert_eq!(
         t.element_count(),
         1,
@@ -121,13 +123,20 @@ fn default_deny_isolates_only_selected_local_pods() {
         elements(&c, "ingress_pods_v4"),
         vec![(
             vec![ip("10.244.1.5")],
-            "Jump(\"ingress_prod_web-1\")".to_string()
+            "Goto(\"ingress_prod_web-1\")".to_string()
         )]
     );
+    assert_eq!(
+        t.sets["ingress_isolated_v4"].elements.keys().collect::<Vec<_>>(),
+        vec![&Key::new(vec![ip("10.244.1.5")])]
+    );
     let chain = &t.chains["ingress_prod_web-1"];
-    assert_eq!(chain.rules.len(), 2, "the pod itself and the counted drop");
-    assert_eq!(chain.rules[0].comment.as_deref(), Some("itself"));
-    assert!(chain.rules[1].counter);
+    assert_eq!(chain.rules.len(), 1, "only the counted drop");
+    assert!(chain.rules[0].counter);
+    assert_eq!(
+        chain.rules[0].comment.as_deref(),
+        Some("prod/web-1 ingress: isolated by prod/deny")
+    );
     assert!(
         !t.chains.contains_key("egress_prod_web-1"),
         "egress stays open"
@@ -160,10 +169,10 @@ fn pod_peers_are_flattened_into_the_peer_port_map() {
     );
     let t = c.table().unwrap();
     let rules = &t.chains["ingress_prod_web-1"].rules;
-    assert_eq!(rules.len(), 3, "peer port, itself and the drop: {rules:?}");
-    assert!(
-        matches!(&rules[0].action, Action::VMap { map, .. } if &**map == "ingress_peer_port_v4")
-    );
+    assert_eq!(rules.len(), 1, "the allow maps are looked up once, in the ingress chain: {rules:?}");
+    assert!(t.chains["ingress"].rules.iter().any(
+        |r| matches!(&r.action, Action::VMap { map, .. } if &**map == "ingress_peer_port_v4")
+    ));
     assert_eq!(
         t.chains["np_prod_allow-fe_ingress_0"].rules[0]
             .comment
@@ -193,7 +202,7 @@ fn chain_length_does_not_grow_with_the_number_of_policies() {
     }
     c.commit();
     let t = c.table().unwrap();
-    assert_eq!(t.chains["ingress_prod_web-1"].rules.len(), 3);
+    assert_eq!(t.chains["ingress_prod_web-1"].rules.len(), 1);
     assert_eq!(t.sets["ingress_peer_port_v4"].elements.len(), 200);
 }
 
@@ -213,11 +222,8 @@ fn adding_a_peer_pod_sends_only_its_elements() {
     let stats = tx.stats();
     assert_eq!(stats.elements_added, 2, "{tx:?}");
     assert_eq!(stats.elements_deleted, 0);
-    assert_eq!(
-        stats.chains_flushed, 1,
-        "the pod chain gains its lookup rule: {tx:?}"
-    );
-    assert_eq!(stats.rules_added, 3, "lookups and drop: {tx:?}");
+    assert_eq!(stats.chains_flushed, 0, "no chain changes: {tx:?}");
+    assert_eq!(stats.rules_added, 0, "{tx:?}");
     c.remove_pod(&ObjectKey::new("prod", "fe-1"));
     let tx = c.commit();
     assert_eq!(tx.stats().elements_deleted, 2);
@@ -332,8 +338,8 @@ fn egress_named_ports_resolve_against_each_destination() {
     );
     assert_eq!(
         c.table().unwrap().chains["np_prod_to-db_egress_0"].rules[0].action,
-        Action::Verdict(Verdict::Return),
-        "egress allow returns so that ingress is still checked"
+        Action::Verdict(Verdict::Accept),
+        "an egress accept ends only the egress base chain; ingress is still checked"
     );
 }
 
@@ -446,13 +452,13 @@ fn an_ip_that_moves_between_pods_in_one_commit_keeps_one_element() {
         elements(&c, "ingress_pods_v4"),
         vec![(
             vec![ip("10.244.1.5")],
-            "Jump(\"ingress_prod_new\")".to_string()
+            "Goto(\"ingress_prod_new\")".to_string()
         )]
     );
-    // The dispatch entry, the pod's own entry and its known address move (the latter two to
-    // identical values).
-    assert_eq!(tx.stats().elements_added, 3);
-    assert_eq!(tx.stats().elements_deleted, 3);
+    // The dispatch entry moves; the pod's own entry, its known address and its isolated
+    // address move to identical values.
+    assert_eq!(tx.stats().elements_added, 4);
+    assert_eq!(tx.stats().elements_deleted, 4);
 }
 
 #[test]
