@@ -104,6 +104,7 @@ pub mod cni;
 pub mod kube;
 pub mod matrix;
 pub mod netns;
+pub mod observe;
 pub mod process;
 pub mod service;
 pub mod traffic;
