@@ -399,6 +399,16 @@ struct AgentRun {
     server_cpu: Duration,
 }
 
+impl Drop for AgentRun {
+    /// Stops the agent now: the namespace also holds the process (to stop it at teardown),
+    /// and two agents must never program the same table.
+    fn drop(&mut self) {
+        if let Err(e) = self.process.stop() {
+            eprintln!("cannot stop {}: {e}", self.process.label());
+        }
+    }
+}
+
 impl AgentRun {
     fn lists(&self) -> Option<Duration> {
         self.phases.lists_done().map(|t| t - self.started)
@@ -572,6 +582,27 @@ fn witnesses(tx: &Transaction) -> HashSet<Witness> {
     w
 }
 
+/// One line per change, for traces.
+fn brief(ch: &Change) -> String {
+    match ch {
+        Change::Element {
+            added, set, key, ..
+        } => {
+            let port = if key.len() == 16 {
+                format!(" port {}", u16::from_be_bytes([key[12], key[13]]))
+            } else {
+                String::new()
+            };
+            format!("{} {set} {key:?}{port}", if *added { "+" } else { "-" })
+        }
+        Change::Object {
+            added, kind, name, ..
+        } => {
+            format!("{} {kind:?} {name}", if *added { "+" } else { "-" })
+        }
+    }
+}
+
 // ---- latency ------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -627,6 +658,47 @@ struct LatencyRun<'a> {
 }
 
 impl LatencyRun<'_> {
+    /// Prints what the kernel holds for the local pods of missing element changes (what
+    /// one needs to see when the agent did not do what the replica expected).
+    fn explain(&self, pending: &HashSet<Witness>) {
+        let mut shown = HashSet::new();
+        for w in pending {
+            let Witness::Element { set, key, .. } = w else {
+                continue;
+            };
+            let Some(ip) = key.get(..4) else { continue };
+            let ip = format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]);
+            if !shown.insert((set.clone(), ip.clone())) {
+                continue;
+            }
+            let listed = ["map", "set"].iter().find_map(|what| {
+                self.setup
+                    .ns
+                    .exec("nft", ["list", what, "inet", TABLE, set])
+                    .ok()
+                    .filter(|o| o.success())
+            });
+            match listed {
+                Some(out) => {
+                    let lines: Vec<&str> = out
+                        .stdout
+                        .split([',', '\n'])
+                        .filter(|l| {
+                            l.contains(&format!("{ip} . "))
+                                || l.trim_start().starts_with(&format!("{ip} :"))
+                        })
+                        .take(40)
+                        .collect();
+                    eprintln!(
+                        "kernel elements of {set} for local {ip}:\n  {}",
+                        lines.join("\n  ")
+                    );
+                }
+                None => eprintln!("cannot list {set}"),
+            }
+        }
+    }
+
     /// Applies `change` to the replica, writes it to the API server, and waits until the
     /// kernel shows all of it.
     fn sample(
@@ -664,6 +736,12 @@ impl LatencyRun<'_> {
                         continue;
                     }
                     commits += 1;
+                    if std::env::var_os("AGENT_BENCH_TRACE").is_some() {
+                        eprintln!("{} commit after {:.1} ms:", kind.label(), ms(c.seen - t0));
+                        for ch in &c.changes {
+                            eprintln!("   {}", brief(ch));
+                        }
+                    }
                     for ch in &c.changes {
                         if let Some(w) = Witness::of(ch) {
                             pending.remove(&w);
@@ -676,6 +754,22 @@ impl LatencyRun<'_> {
                             commits,
                             witnesses: total,
                         });
+                        if std::env::var_os("AGENT_BENCH_TRACE").is_some() {
+                            std::thread::sleep(Duration::from_millis(200));
+                            for e in self.monitor.drain() {
+                                if let Event::Commit(c) = e {
+                                    eprintln!(
+                                        "   LATE commit by {}: {} changes",
+                                        c.process,
+                                        c.changes.len()
+                                    );
+                                    for ch in &c.changes {
+                                        eprintln!("      {}", brief(ch));
+                                    }
+                                }
+                            }
+                            self.explain(&witnesses(&expected));
+                        }
                         return Ok(());
                     }
                 }
@@ -685,6 +779,8 @@ impl LatencyRun<'_> {
                 }
                 Some(Event::Failed(f)) => return Err(format!("notifications failed: {f}").into()),
                 None => {
+                    self.explain(&pending);
+                    eprintln!("expected transaction: {}", expected.stats());
                     let shown: Vec<String> =
                         pending.iter().take(5).map(|w| format!("{w:?}")).collect();
                     return Err(format!(
