@@ -44,7 +44,9 @@
 //! agent starts per size and allocator setting), `AGENT_BENCH_SETTLE_SECS` (10: wait after
 //! ready before reading the steady-state memory), `AGENT_BENCH_ARENA` (1: also run with
 //! `MALLOC_ARENA_MAX=2`; 0 skips), `AGENT_BENCH_EXTRA_ENV` (`K=V,...` for every agent run),
-//! `AGENT_BENCH_DEBOUNCES` (`default,0`).
+//! `AGENT_BENCH_DEBOUNCES` (`default,0`), `AGENT_BENCH_WRAPPER` (a profiler command put in
+//! front of the agent, e.g. `heaptrack -o /tmp/agent`; memory figures are then the
+//! wrapper's), `AGENT_BENCH_TRACE` (print every commit's changes and the kernel's elements).
 
 #[path = "../../benches/synth/mod.rs"]
 mod synth;
@@ -257,7 +259,20 @@ impl Setup {
         let state = self.dir.join(format!("run-{}", self.runs));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state)?;
-        let mut cmd = self.ns.command(&self.bin);
+        // A profiler in front of the agent (`AGENT_BENCH_WRAPPER="heaptrack -o /tmp/ht"`):
+        // then the pid, and so the memory figures, are the wrapper's.
+        let wrapper = env_list("AGENT_BENCH_WRAPPER", "")
+            .first()
+            .map(|w| w.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = self.ns.command(program);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => self.ns.command(&self.bin),
+        };
         cmd.arg("agent")
             .args(["--node-name", synth::LOCAL_NODE])
             .arg("--kubeconfig")
@@ -403,6 +418,29 @@ impl Drop for AgentRun {
     /// Stops the agent now: the namespace also holds the process (to stop it at teardown),
     /// and two agents must never program the same table.
     fn drop(&mut self) {
+        // Under a wrapper (a profiler script) the agent is its child: SIGTERM it first, so
+        // that it shuts down cleanly and the profiler writes its data.
+        let pid = self.process.pid();
+        let children: Vec<i32> =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect();
+        for child in &children {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*child),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while children
+            .iter()
+            .any(|c| Path::new(&format!("/proc/{c}")).exists())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if let Err(e) = self.process.stop() {
             eprintln!("cannot stop {}: {e}", self.process.label());
         }
