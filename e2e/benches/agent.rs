@@ -261,10 +261,11 @@ impl Setup {
         std::fs::create_dir_all(&state)?;
         // A profiler in front of the agent (`AGENT_BENCH_WRAPPER="heaptrack -o /tmp/ht"`):
         // then the pid, and so the memory figures, are the wrapper's.
-        let wrapper = env_list("AGENT_BENCH_WRAPPER", "")
-            .first()
-            .map(|w| w.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let wrapper: Vec<String> = std::env::var("AGENT_BENCH_WRAPPER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = self.ns.command(program);

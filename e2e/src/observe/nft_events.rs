@@ -23,7 +23,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -226,10 +226,8 @@ impl Monitor {
 
     /// The next event, waiting at most `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<Event> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        // Timed out, or the reader thread is gone (its last event says why).
+        self.rx.recv_timeout(timeout).ok()
     }
 
     /// Every event already received.
@@ -596,12 +594,10 @@ mod tests {
         .unwrap();
         ns.nft(&["delete", "element", "inet", "t", "s", "{ 10.0.0.2 . 443 }"])
             .unwrap();
-        let next_commit = || loop {
-            match mon.next(Duration::from_secs(5)) {
-                Some(Event::Commit(c)) => return c,
-                Some(other) => panic!("unexpected {other:?}"),
-                None => panic!("no commit within 5 s"),
-            }
+        let next_commit = || match mon.next(Duration::from_secs(5)) {
+            Some(Event::Commit(c)) => c,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("no commit within 5 s"),
         };
         let keys = |c: &Commit, added: bool| -> Vec<Vec<u8>> {
             c.changes

@@ -145,8 +145,11 @@ fn parse_float(s: &str) -> Option<f64> {
     }
 }
 
+/// Label pairs of a sample, in order.
+type Labels = Vec<(String, String)>;
+
 /// `name{k="v",...} value [timestamp]` -> (name, labels, value).
-fn split_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn split_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let line = line.trim();
     let (name, labels, rest) = match line.find('{') {
         Some(open) => {
@@ -166,7 +169,7 @@ fn split_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
     Some((name, labels, value))
 }
 
-fn parse_labels(mut s: &str) -> Option<Vec<(String, String)>> {
+fn parse_labels(mut s: &str) -> Option<Labels> {
     let mut out = Vec::new();
     loop {
         s = s.trim_start_matches([',', ' ']);
