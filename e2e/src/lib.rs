@@ -107,6 +107,7 @@ pub mod kube;
 pub mod kube_cluster;
 pub mod matrix;
 pub mod netns;
+pub mod observe;
 pub mod process;
 pub mod service;
 pub mod traffic;

@@ -262,9 +262,24 @@ pub fn direction_chain(dir: Direction) -> Name {
 /// forward hook, so same-node traffic passes the sender's egress and then the receiver's
 /// ingress: an `accept` only ends the base chain it happens in.
 pub const BASE_CHAINS: [(&str, Hook, i32, Direction); 3] = [
-    ("forward_egress", Hook::Forward, FILTER_PRIORITY - 1, Direction::Egress),
-    ("forward_ingress", Hook::Forward, FILTER_PRIORITY, Direction::Ingress),
-    ("input_egress", Hook::Input, FILTER_PRIORITY, Direction::Egress),
+    (
+        "forward_egress",
+        Hook::Forward,
+        FILTER_PRIORITY - 1,
+        Direction::Egress,
+    ),
+    (
+        "forward_ingress",
+        Hook::Forward,
+        FILTER_PRIORITY,
+        Direction::Ingress,
+    ),
+    (
+        "input_egress",
+        Hook::Input,
+        FILTER_PRIORITY,
+        Direction::Egress,
+    ),
 ];
 
 /// What each allow map holds, for the comments of the lookups.

@@ -150,7 +150,9 @@ pub struct Compiler {
     cfg: Config,
     namespaces: FxHashMap<Str, Namespace>,
     nodes: BTreeMap<Str, Node>,
-    pods: FxHashMap<ObjectKey, Pod>,
+    /// Boxed: a bucket of the (57-100% full) table then costs 40 bytes, not 152, which
+    /// saves ~10 MB at 150 000 pods and halves the transient double table of a resize.
+    pods: FxHashMap<ObjectKey, Box<Pod>>,
     /// Pod names by namespace, for namespace-scoped selectors.
     pods_by_ns: FxHashMap<Str, FxHashSet<Str>>,
     /// Names of this node's pods by namespace: the pods a policy change can touch.
@@ -221,7 +223,17 @@ impl Compiler {
     }
 
     pub fn pod(&self, key: &ObjectKey) -> Option<&Pod> {
-        self.pods.get(key)
+        self.pods.get(key).map(|p| &**p)
+    }
+
+    /// Number of pods known (local or not).
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Keys of every pod known.
+    pub fn pod_keys(&self) -> impl Iterator<Item = &ObjectKey> + '_ {
+        self.pods.keys()
     }
 
     pub fn stats(&self) -> Stats {
@@ -312,7 +324,7 @@ impl Compiler {
 
     fn refresh_attachment(&mut self, key: &ObjectKey) {
         if let Some(stored) = self.pods.get(key) {
-            let mut api = stored.clone();
+            let mut api = Pod::clone(stored);
             if self.filled_from_attachment.contains(key) {
                 api.ips.clear();
             }
@@ -346,7 +358,7 @@ impl Compiler {
                 self.filled_from_attachment.remove(&key);
             }
         }
-        if self.pods.get(&key) == Some(&pod) {
+        if self.pods.get(&key).map(|p| &**p) == Some(&pod) {
             return;
         }
         self.pods_by_ns
@@ -403,7 +415,7 @@ impl Compiler {
             .pods
             .values()
             .filter(|p| self.is_local(p))
-            .map(Pod::key)
+            .map(|p| p.key())
             .collect();
         self.dirty_pods.extend(local);
         self.dirty_pods.extend(self.outputs.keys().cloned());
@@ -816,7 +828,7 @@ impl Compiler {
                 .map(|p| p.ips.clone())
                 .unwrap_or_default()
         };
-        let old_ips = relevant_ips(self.pods.get(key));
+        let old_ips = relevant_ips(self.pods.get(key).map(|p| &**p));
         let new_ips = relevant_ips(new.as_ref());
         // Ownership can change even for an IP the pod keeps (it prefers local pods), so look
         // at every IP the pod had or has. Owners are computed while the old pod is stored.
@@ -844,7 +856,7 @@ impl Compiler {
             }
         }
         let old = match new {
-            Some(p) => self.pods.insert(key.clone(), p),
+            Some(p) => self.pods.insert(key.clone(), Box::new(p)),
             None => self.pods.remove(key),
         };
         let new = self.pods.get(key);

@@ -319,7 +319,7 @@ impl Compiler {
     /// Computes a pod's output from scratch; `None` when the pod is not local, not relevant,
     /// or not isolated in any direction.
     pub(super) fn compute_output(&mut self, key: &ObjectKey) -> Option<PodOutput> {
-        let pod = self.pods.get(key)?.clone();
+        let pod = Pod::clone(self.pods.get(key)?);
         if !self.is_local(&pod) || !pod.is_policy_relevant() {
             return None;
         }

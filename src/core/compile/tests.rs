@@ -127,7 +127,10 @@ fn default_deny_isolates_only_selected_local_pods() {
         )]
     );
     assert_eq!(
-        t.sets["ingress_isolated_v4"].elements.keys().collect::<Vec<_>>(),
+        t.sets["ingress_isolated_v4"]
+            .elements
+            .keys()
+            .collect::<Vec<_>>(),
         vec![&Key::new(vec![ip("10.244.1.5")])]
     );
     let chain = &t.chains["ingress_prod_web-1"];
@@ -169,7 +172,11 @@ fn pod_peers_are_flattened_into_the_peer_port_map() {
     );
     let t = c.table().unwrap();
     let rules = &t.chains["ingress_prod_web-1"].rules;
-    assert_eq!(rules.len(), 1, "the allow maps are looked up once, in the ingress chain: {rules:?}");
+    assert_eq!(
+        rules.len(),
+        1,
+        "the allow maps are looked up once, in the ingress chain: {rules:?}"
+    );
     assert!(t.chains["ingress"].rules.iter().any(
         |r| matches!(&r.action, Action::VMap { map, .. } if &**map == "ingress_peer_port_v4")
     ));
