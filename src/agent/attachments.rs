@@ -3,9 +3,12 @@
 //! IPs only after CNI ADD returns, and may be unreachable when the agent restarts).
 //!
 //! The file (`<state-dir>/attachments.json`) is rewritten whole after every change, atomically:
-//! a temporary file in the same directory, fsync, rename over the old one, fsync the directory.
-//! A reader therefore sees the old or the new list, never a torn one. A node has at most a few
-//! hundred attachments, so the whole file is a few tens of kilobytes.
+//! a temporary file in the same directory, renamed over the old one. A reader therefore sees
+//! the old or the new list, never a torn one. There is no fsync, on purpose: the list must
+//! survive a crash of the agent (the page cache does), not of the node, whose pods and
+//! interfaces are gone after a reboot anyway (the state dir is `/run`, a tmpfs); an fsync on
+//! every CNI ADD would add milliseconds to every pod start on disk-backed state dirs. A node
+//! has at most a few hundred attachments, so the whole file is a few tens of kilobytes.
 //!
 //! Attachments are identified by CNI's (container id, ifname), never by pod: a runtime may add
 //! a new sandbox of a pod before deleting the old one. When one pod has several attachments
@@ -226,9 +229,7 @@ impl AttachmentStore {
                 .mode(0o600)
                 .open(&tmp)?;
             f.write_all(&text)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            std::fs::File::open(dir)?.sync_all()
+            std::fs::rename(&tmp, path)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
