@@ -2,7 +2,7 @@
 # Static checks of nftpol's install surface, runnable anywhere (no cluster, no docker):
 # the Helm chart (rendered and linted by Helm's own library, every manifest validated
 # against the Kubernetes schemas), values.schema.json, the Dockerfile, the e2e/kind scripts
-# (shellcheck and dry runs with stub tools) and the examples/ manifests.
+# and e2e/demo.sh (shellcheck and dry runs with stub tools) and the examples/ manifests.
 #
 #   ci-tests/run.sh            # everything
 #   ci-tests/run.sh -k schema  # extra arguments go to pytest

@@ -64,9 +64,12 @@
 //!   [`spoof_probe`]/[`send_spoofed_udp`]; [`Flood`] (background prober recording successes).
 //! - [`Matrix`]: rows (any [`Endpoint`]: pod, node, host), columns (addresses), cases
 //!   (protocol, port); [`MatrixResult::assert`] prints expected vs actual grids on mismatch.
+//!   [`TargetMatrix`]: rows against columns that are each one address, port and protocol.
 //! - [`cni::Runtime`]: the runtime emulation on its own (ADD/CHECK/DEL of a [`ConfList`]).
 //! - [`kube_cluster::KubeCluster`]: the cluster with a test API server and an `nftpol agent`
 //!   per node, the nftpol CNI plugin chained after `bridge`, pods created as the kubelet does.
+//! - [`examples`]: the repository's `examples/` manifests set up in such a cluster (shared by
+//!   their end-to-end tests and the local demo, `e2e/demo.sh`).
 //!
 //! # Example: 2 nodes, 3 namespaces x 3 pods
 //!
@@ -103,6 +106,7 @@ pub mod apply;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod examples;
 pub mod kube;
 pub mod kube_cluster;
 pub mod matrix;
@@ -121,7 +125,9 @@ pub use cluster::{
     Cluster, ClusterBuilder, ClusterError, Family, Host, Node, Pod, PodSpec, service_ip,
 };
 pub use cni::ConfList;
-pub use matrix::{Cell, Matrix, MatrixResult};
+pub use matrix::{
+    Cell, Matrix, MatrixResult, Target, TargetMatrix, TargetMatrixResult, run_probes,
+};
 pub use netns::{Netns, NetnsError};
 pub use process::Process;
 pub use service::Service;

@@ -5,9 +5,13 @@
 //! matrix with 1 s timeouts takes about one timeout however many cells are blocked. On a
 //! mismatch with the expectation it prints expected and actual grids side by side, the
 //! differing cells marked, and a line per difference with the probe's error.
+//!
+//! A [`TargetMatrix`] has one destination address, port and protocol per column instead (a
+//! pod's named port, a Service, an external server): the shape of a policy walkthrough.
+//! [`run_probes`] runs any list of probes the same way.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -96,51 +100,16 @@ impl Matrix {
     /// Runs every probe concurrently.
     pub fn run(&self) -> MatrixResult {
         let start = Instant::now();
-        let mut cells: Vec<(usize, usize, usize)> = Vec::new();
-        for c in 0..self.cases.len() {
+        let mut probes: Vec<(usize, Probe)> = Vec::new();
+        for &(proto, port) in &self.cases {
             for r in 0..self.rows.len() {
-                for k in 0..self.cols.len() {
-                    cells.push((c, r, k));
+                for (_, ip) in &self.cols {
+                    probes.push((r, Probe::new(proto, *ip, port, self.timeout)));
                 }
             }
         }
-        let handles: Vec<_> = self.rows.iter().map(|(_, ns)| ns.open_handle()).collect();
-        let mut results: Vec<ProbeResult> = Vec::with_capacity(cells.len());
-        for wave in cells.chunks(MAX_IN_FLIGHT) {
-            let out: Vec<ProbeResult> = thread::scope(|s| {
-                let spawned: Vec<_> = wave
-                    .iter()
-                    .map(|&(c, r, k)| {
-                        let (proto, port) = self.cases[c];
-                        let probe = Probe::new(proto, self.cols[k].1, port, self.timeout);
-                        let netns = &self.rows[r].1;
-                        let handle = &handles[r];
-                        thread::Builder::new()
-                            .stack_size(256 * 1024)
-                            .spawn_scoped(s, move || {
-                                let entered = match handle {
-                                    Ok(h) => netns.enter_with(h).map_err(|e| e.to_string()),
-                                    Err(e) => Err(e.to_string()),
-                                };
-                                match entered {
-                                    Ok(()) => probe.run_here(),
-                                    Err(e) => not_run(e),
-                                }
-                            })
-                    })
-                    .collect();
-                spawned
-                    .into_iter()
-                    .map(|h| match h {
-                        Ok(h) => h
-                            .join()
-                            .unwrap_or_else(|_| not_run("probe thread panicked".into())),
-                        Err(e) => not_run(format!("cannot start probe thread: {e}")),
-                    })
-                    .collect()
-            });
-            results.extend(out);
-        }
+        let sources: Vec<&Netns> = self.rows.iter().map(|(_, ns)| ns).collect();
+        let results = run_probes(&sources, &probes);
         MatrixResult {
             rows: self.rows.iter().map(|(l, _)| l.clone()).collect(),
             cols: self.cols.clone(),
@@ -149,6 +118,51 @@ impl Matrix {
             elapsed: start.elapsed(),
         }
     }
+}
+
+/// Runs every probe concurrently, each on a thread of its own inside the namespace
+/// `sources[i]` of its `(i, probe)` (each namespace is opened once), at most
+/// [`MAX_IN_FLIGHT`] at a time. Results in the order of `probes`; a probe that could not run
+/// (no such source, namespace gone, no thread) counts as blocked, with the reason as detail.
+pub fn run_probes(sources: &[&Netns], probes: &[(usize, Probe)]) -> Vec<ProbeResult> {
+    let handles: Vec<_> = sources.iter().map(|ns| ns.open_handle()).collect();
+    let mut results: Vec<ProbeResult> = Vec::with_capacity(probes.len());
+    for wave in probes.chunks(MAX_IN_FLIGHT) {
+        let out: Vec<ProbeResult> = thread::scope(|s| {
+            let spawned: Vec<_> = wave
+                .iter()
+                .map(|(r, probe)| {
+                    let source = sources.get(*r).zip(handles.get(*r));
+                    thread::Builder::new()
+                        .stack_size(256 * 1024)
+                        .spawn_scoped(s, move || {
+                            let entered = match source {
+                                Some((netns, Ok(h))) => {
+                                    netns.enter_with(h).map_err(|e| e.to_string())
+                                }
+                                Some((_, Err(e))) => Err(e.to_string()),
+                                None => Err(format!("no source namespace #{r}")),
+                            };
+                            match entered {
+                                Ok(()) => probe.run_here(),
+                                Err(e) => not_run(e),
+                            }
+                        })
+                })
+                .collect();
+            spawned
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| not_run("probe thread panicked".into())),
+                    Err(e) => not_run(format!("cannot start probe thread: {e}")),
+                })
+                .collect()
+        });
+        results.extend(out);
+    }
+    results
 }
 
 fn not_run(detail: String) -> ProbeResult {
@@ -347,5 +361,245 @@ impl MatrixResult {
             }
         }
         s
+    }
+}
+
+/// Sources x targets: every column is one destination (address, port and protocol), probed
+/// once from every row, all probes at once. Where a [`Matrix`] crosses every column with every
+/// case, this has the shape of a policy walkthrough: "who reaches Service web:80, the database
+/// on TCP 5432, the DNS on UDP 53". Printed with [`TargetMatrixResult::grid`], or with the
+/// cells that changed since an earlier run marked ([`TargetMatrixResult::grid_since`]).
+#[derive(Debug, Clone)]
+pub struct TargetMatrix {
+    timeout: Duration,
+    rows: Vec<(String, Netns)>,
+    cols: Vec<Target>,
+}
+
+/// A column of a [`TargetMatrix`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub label: String,
+    pub proto: Proto,
+    pub to: SocketAddr,
+}
+
+impl TargetMatrix {
+    /// An empty matrix whose probes time out after `timeout`.
+    pub fn new(timeout: Duration) -> TargetMatrix {
+        TargetMatrix {
+            timeout,
+            rows: Vec::new(),
+            cols: Vec::new(),
+        }
+    }
+
+    /// Adds a source row.
+    pub fn row(mut self, from: &(impl Endpoint + ?Sized)) -> TargetMatrix {
+        self.rows.push((from.label(), from.netns().clone()));
+        self
+    }
+
+    /// Adds source rows.
+    pub fn rows<'a, E: Endpoint + 'a>(
+        mut self,
+        from: impl IntoIterator<Item = &'a E>,
+    ) -> TargetMatrix {
+        for e in from {
+            self = self.row(e);
+        }
+        self
+    }
+
+    /// Adds a column: `proto` to `to`, named `label` in the grid.
+    pub fn target(
+        mut self,
+        label: impl Into<String>,
+        proto: Proto,
+        to: SocketAddr,
+    ) -> TargetMatrix {
+        self.cols.push(Target {
+            label: label.into(),
+            proto,
+            to,
+        });
+        self
+    }
+
+    /// Runs every probe concurrently.
+    pub fn run(&self) -> TargetMatrixResult {
+        let start = Instant::now();
+        let probes: Vec<(usize, Probe)> = (0..self.rows.len())
+            .flat_map(|r| {
+                self.cols
+                    .iter()
+                    .map(move |t| (r, Probe::new(t.proto, t.to.ip(), t.to.port(), self.timeout)))
+            })
+            .collect();
+        let sources: Vec<&Netns> = self.rows.iter().map(|(_, ns)| ns).collect();
+        TargetMatrixResult {
+            rows: self.rows.iter().map(|(l, _)| l.clone()).collect(),
+            cols: self.cols.clone(),
+            results: run_probes(&sources, &probes),
+            elapsed: start.elapsed(),
+        }
+    }
+}
+
+/// The outcome of every cell of a [`TargetMatrix`].
+#[derive(Debug, Clone)]
+pub struct TargetMatrixResult {
+    rows: Vec<String>,
+    cols: Vec<Target>,
+    /// Indexed `[row][col]`, flattened.
+    results: Vec<ProbeResult>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl TargetMatrixResult {
+    /// Row labels, in order.
+    pub fn rows(&self) -> &[String] {
+        &self.rows
+    }
+
+    /// Columns, in order.
+    pub fn cols(&self) -> &[Target] {
+        &self.cols
+    }
+
+    /// The result of one cell, if the indices are in range.
+    pub fn get(&self, row: usize, col: usize) -> Option<&ProbeResult> {
+        if col >= self.cols.len() {
+            return None;
+        }
+        self.results.get(row * self.cols.len() + col)
+    }
+
+    /// The outcome of the cell from row `from` to the column labelled `to`.
+    pub fn outcome(&self, from: &str, to: &str) -> Option<Outcome> {
+        let r = self.rows.iter().position(|x| x == from)?;
+        let k = self.cols.iter().position(|t| t.label == to)?;
+        self.get(r, k).map(|p| p.outcome)
+    }
+
+    /// The grid: a legend, the numbered columns, a line per row.
+    pub fn grid(&self) -> String {
+        self.render(None)
+    }
+
+    /// The grid, each row followed by the columns whose outcome differs from the same cell of
+    /// `before` (a run of the same rows and columns, e.g. before a policy was applied).
+    pub fn grid_since(&self, before: &TargetMatrixResult) -> String {
+        self.render(Some(before))
+    }
+
+    fn render(&self, before: Option<&TargetMatrixResult>) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "  {} connected   {} blocked (no answer: dropped)   {} refused   {} unreachable",
+            Outcome::Connected.symbol(),
+            Outcome::Blocked.symbol(),
+            Outcome::Refused.symbol(),
+            Outcome::Unreachable.symbol()
+        );
+        let num_w = self.cols.len().saturating_sub(1).to_string().len();
+        let col_w = self
+            .cols
+            .iter()
+            .map(|t| t.label.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (k, t) in self.cols.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  {k:>num_w$}  {:<col_w$}  {} {}",
+                t.label, t.proto, t.to
+            );
+        }
+        let row_w = self
+            .rows
+            .iter()
+            .map(|r| r.chars().count())
+            .max()
+            .unwrap_or(0);
+        let header = (0..self.cols.len())
+            .map(|k| format!("{k:>num_w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let _ = writeln!(s, "  {:row_w$}    {header}", "");
+        for (r, row) in self.rows.iter().enumerate() {
+            let outcome = |m: &TargetMatrixResult, k| m.get(r, k).map(|p| p.outcome);
+            let cells = (0..self.cols.len())
+                .map(|k| {
+                    let symbol = outcome(self, k).map_or('?', Outcome::symbol);
+                    format!("{symbol:>num_w$}")
+                })
+                .collect::<Vec<_>>()
+                .join("  ");
+            let changed: Vec<String> = match before {
+                Some(b) => (0..self.cols.len())
+                    .filter(|&k| outcome(self, k) != outcome(b, k))
+                    .map(|k| k.to_string())
+                    .collect(),
+                None => Vec::new(),
+            };
+            let mark = if changed.is_empty() {
+                String::new()
+            } else {
+                format!("    <- changed: {}", changed.join(", "))
+            };
+            let _ = writeln!(s, "  {row:<row_w$}    {cells}{mark}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(outcomes: &[Outcome]) -> TargetMatrixResult {
+        let target = |label: &str, port| Target {
+            label: label.into(),
+            proto: Proto::Tcp,
+            to: SocketAddr::from(([10, 244, 0, 2], port)),
+        };
+        TargetMatrixResult {
+            rows: vec!["ns/client".into(), "ns/other-client".into()],
+            cols: vec![target("web", 8080), target("web, another port", 9999)],
+            results: outcomes
+                .iter()
+                .map(|&outcome| ProbeResult {
+                    outcome,
+                    detail: None,
+                    elapsed: Duration::ZERO,
+                })
+                .collect(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_target_grid_numbers_columns_and_marks_what_changed() {
+        use Outcome::{Blocked, Connected, Refused};
+        let before = result(&[Connected, Connected, Connected, Connected]);
+        let after = result(&[Connected, Blocked, Blocked, Refused]);
+        assert_eq!(
+            after.outcome("ns/client", "web, another port"),
+            Some(Blocked)
+        );
+        assert_eq!(after.outcome("ns/client", "nowhere"), None);
+        assert!(after.get(0, 2).is_none());
+        let grid = after.grid_since(&before);
+        let lines: Vec<&str> = grid.lines().collect();
+        assert!(lines[0].contains("+ connected"), "{grid}");
+        assert_eq!(lines[1], "  0  web                tcp 10.244.0.2:8080");
+        assert_eq!(lines[2], "  1  web, another port  tcp 10.244.0.2:9999");
+        assert_eq!(lines[3].trim(), "0  1");
+        assert_eq!(lines[4], "  ns/client          +  -    <- changed: 1");
+        assert_eq!(lines[5], "  ns/other-client    -  R    <- changed: 0, 1");
+        assert!(!after.grid().contains("changed"), "{}", after.grid());
     }
 }

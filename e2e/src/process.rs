@@ -95,6 +95,11 @@ impl Process {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The files its stdout and stderr go to (removed when the `Process` is dropped).
+    pub fn output_paths(&self) -> (&std::path::Path, &std::path::Path) {
+        (&self.stdout_path, &self.stderr_path)
+    }
+
     /// Everything it printed on stdout so far.
     pub fn stdout(&self) -> String {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()

@@ -20,93 +20,16 @@ mod agent_support;
 use std::net::IpAddr;
 
 use agent_support::*;
-use nftpol_e2e::kube_cluster::KubeCluster;
-use nftpol_e2e::{Family, Outcome, Pod, PodSpec, Proto, Service, service_ip, skip_unless_root};
+use nftpol_e2e::examples::{
+    DATABASE_IP, DATABASE_PORT, add_database, apply_kind, deployment_pods, kube_dns_ip,
+    kube_dns_pods, kube_dns_services, serve_declared_ports, services,
+};
+use nftpol_e2e::{Outcome, Pod, PodSpec, Proto, skip_unless_root};
 use serde_json::Value;
 
-/// Applies every document of kind `kind` of a manifest file.
-fn apply_kind(kc: &KubeCluster, docs: &[Value], kind: &str) -> usize {
-    let mut n = 0;
-    for doc in docs.iter().filter(|d| d["kind"] == kind) {
-        kc.apply(doc.clone()).unwrap();
-        n += 1;
-    }
-    n
-}
-
-/// One pod per replica of every Deployment: `<name>-<i>` with the template's labels and
-/// container ports, on the node `place(deployment, replica)` says.
-fn deployment_pods(docs: &[Value], place: impl Fn(&str, usize) -> usize) -> Vec<PodSpec> {
-    let mut specs = Vec::new();
-    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
-        let name = d["metadata"]["name"].as_str().unwrap();
-        let namespace = d["metadata"]["namespace"].as_str().unwrap();
-        let template = &d["spec"]["template"];
-        for i in 0..d["spec"]["replicas"].as_u64().unwrap_or(1) as usize {
-            let mut spec = PodSpec::new(namespace, &format!("{name}-{i}")).on(place(name, i));
-            for (k, v) in template["metadata"]["labels"].as_object().unwrap() {
-                spec = spec.label(k, v.as_str().unwrap());
-            }
-            for c in template["spec"]["containers"].as_array().unwrap() {
-                for p in c["ports"].as_array().into_iter().flatten() {
-                    let proto = match p["protocol"].as_str() {
-                        Some("UDP") => Proto::Udp,
-                        _ => Proto::Tcp,
-                    };
-                    let port = p["containerPort"].as_u64().unwrap() as u16;
-                    spec = spec.port(p["name"].as_str().unwrap_or(""), proto, port);
-                }
-            }
-            specs.push(spec);
-        }
-    }
-    specs
-}
-
-/// The harness Services for the manifest's Services: backends are the pods the selector
-/// matches, the target port resolved (by name) on each.
-fn services(docs: &[Value], pods: &[Pod], first_ip: u16) -> Vec<Service> {
-    let mut out = Vec::new();
-    for (n, s) in (first_ip..).zip(docs.iter().filter(|d| d["kind"] == "Service")) {
-        let name = format!(
-            "{}/{}",
-            s["metadata"]["namespace"].as_str().unwrap(),
-            s["metadata"]["name"].as_str().unwrap()
-        );
-        let selector = s["spec"]["selector"].as_object().unwrap();
-        let backends: Vec<&Pod> = pods
-            .iter()
-            .filter(|p| {
-                p.namespace() == s["metadata"]["namespace"]
-                    && selector
-                        .iter()
-                        .all(|(k, v)| p.spec.labels.get(k).map(String::as_str) == v.as_str())
-            })
-            .collect();
-        let ip = service_ip(Family::V4, n);
-        for port in s["spec"]["ports"].as_array().unwrap() {
-            let proto = match port["protocol"].as_str() {
-                Some("UDP") => Proto::Udp,
-                _ => Proto::Tcp,
-            };
-            let mut svc = Service::new(&name, proto, ip, port["port"].as_u64().unwrap() as u16);
-            for pod in &backends {
-                let target = match &port["targetPort"] {
-                    Value::String(named) => pod
-                        .spec
-                        .ports
-                        .iter()
-                        .find(|(n, p, _)| n == named && *p == proto)
-                        .map(|(_, _, port)| *port)
-                        .unwrap_or_else(|| panic!("{} has no port {named}", pod.key())),
-                    v => v.as_u64().unwrap() as u16,
-                };
-                svc = svc.backend(pod.ips[0], target);
-            }
-            out.push(svc);
-        }
-    }
-    out
+/// The documents of a manifest of `examples/`.
+fn manifests(relative: &str) -> Vec<Value> {
+    nftpol_e2e::examples::manifests(relative).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn pod<'a>(pods: &'a [Pod], key: &str) -> &'a Pod {
@@ -125,10 +48,10 @@ fn tenant_ingress_example_default_deny_admits_only_the_ingress_controllers_names
         .dual_stack(true)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let namespaces = manifests("examples/tenant-ingress/00-namespaces.yaml");
-    let policies = manifests("examples/tenant-ingress/10-policies.yaml");
-    let workloads = manifests("examples/tenant-ingress/20-demo-workloads.yaml");
-    assert_eq!(apply_kind(&kc, &namespaces, "Namespace"), 3);
+    let namespaces = manifests("tenant-ingress/00-namespaces.yaml");
+    let policies = manifests("tenant-ingress/10-policies.yaml");
+    let workloads = manifests("tenant-ingress/20-demo-workloads.yaml");
+    assert_eq!(apply_kind(&kc, &namespaces, "Namespace").unwrap(), 3);
 
     // web-0 and neighbour on node-0, web-1 on node-1; the clients of the other namespaces
     // on node-1 (same node as web-1, across nodes from web-0).
@@ -136,7 +59,8 @@ fn tenant_ingress_example_default_deny_admits_only_the_ingress_controllers_names
         "web" => replica % 2,
         "neighbour" => 0,
         _ => 1,
-    });
+    })
+    .unwrap();
     let pods = kc.add_pods(specs).unwrap();
     for p in &pods {
         // The README's "another port" too; every pod answers both, so a blocked cell can
@@ -144,7 +68,7 @@ fn tenant_ingress_example_default_deny_admits_only_the_ingress_controllers_names
         p.serve_all(&[(Proto::Tcp, 8080), (Proto::Tcp, 9999)])
             .unwrap();
     }
-    let svcs = services(&workloads, &pods, 1);
+    let svcs = services(&workloads, &pods, 1).unwrap();
     assert_eq!(svcs.len(), 1);
     let web_svc = sock(svcs[0].cluster_ip, svcs[0].port);
     for s in svcs {
@@ -164,7 +88,7 @@ fn tenant_ingress_example_default_deny_admits_only_the_ingress_controllers_names
         Outcome::Connected,
     );
 
-    assert_eq!(apply_kind(&kc, &policies, "NetworkPolicy"), 2);
+    assert_eq!(apply_kind(&kc, &policies, "NetworkPolicy").unwrap(), 2);
     kc.wait_watched("networkpolicy", 2, WAIT).unwrap();
     until_blocked(outsider, Proto::Tcp, sock(web0.ips[0], 8080));
     until_blocked(outsider, Proto::Tcp, sock(web1.ips[0], 8080));
@@ -292,57 +216,33 @@ fn egress_db_dns_example_lets_the_api_pods_reach_only_the_database_and_the_clust
         "egress_db_dns_example_lets_the_api_pods_reach_only_the_database_and_the_cluster_dns"
     );
     let kc = cluster("ex-egress");
-    let namespace = manifests("examples/egress-db-dns/00-namespace.yaml");
-    let policies = manifests("examples/egress-db-dns/10-policy.yaml");
-    let workloads = manifests("examples/egress-db-dns/20-demo-workloads.yaml");
-    assert_eq!(apply_kind(&kc, &namespace, "Namespace"), 1);
+    let namespace = manifests("egress-db-dns/00-namespace.yaml");
+    let policies = manifests("egress-db-dns/10-policy.yaml");
+    let workloads = manifests("egress-db-dns/20-demo-workloads.yaml");
+    assert_eq!(apply_kind(&kc, &namespace, "Namespace").unwrap(), 1);
 
     // The managed database: an external host holding 10.200.0.10 in the policy's
     // 10.200.0.0/24, which the nodes route to it.
-    let db = kc.add_host("db").unwrap();
-    let db_ip: IpAddr = "10.200.0.10".parse().unwrap();
-    db.netns
-        .ip(&["addr", "add", "10.200.0.10/24", "dev", "eth0"])
-        .unwrap();
-    for node in kc.nodes() {
-        node.netns
-            .ip(&["route", "add", "10.200.0.0/24", "via", &db.ipv4.to_string()])
-            .unwrap();
-    }
-    db.netns.serve(Proto::Tcp, 5432).unwrap();
+    let db = add_database(&kc).unwrap();
+    let db_ip = IpAddr::V4(DATABASE_IP);
 
     // The cluster DNS: kube-dns pods on both nodes, behind the ClusterIP 10.96.0.10.
-    let mut specs: Vec<PodSpec> = (0..2)
-        .map(|i| {
-            PodSpec::new("kube-system", &format!("coredns-{i}"))
-                .on(i)
-                .label("k8s-app", "kube-dns")
-                .port("dns", Proto::Udp, 53)
-                .port("dns-tcp", Proto::Tcp, 53)
-                .port("metrics", Proto::Tcp, 9153)
-        })
-        .collect();
+    let mut specs: Vec<PodSpec> = kube_dns_pods(2);
     // api and batch on node-0 (one DNS pod with them, one across), an unrelated pod on node-1.
-    specs.extend(deployment_pods(&workloads, |_, _| 0));
+    specs.extend(deployment_pods(&workloads, |_, _| 0).unwrap());
     specs.push(PodSpec::new("elsewhere", "web").on(1));
     let pods = kc.add_pods(specs).unwrap();
     for p in &pods {
         if p.namespace() == "kube-system" {
-            p.serve_all(&[(Proto::Udp, 53), (Proto::Tcp, 53), (Proto::Tcp, 9153)])
-                .unwrap();
+            serve_declared_ports(p).unwrap();
         } else {
             p.serve(Proto::Tcp, 8080).unwrap();
         }
     }
-    let dns_ip = service_ip(Family::V4, 10);
-    let dns = |proto| {
-        pods.iter().filter(|p| p.namespace() == "kube-system").fold(
-            Service::new("kube-system/kube-dns", proto, dns_ip, 53),
-            |s, p| s.backend(p.ips[0], 53),
-        )
-    };
-    kc.add_service(dns(Proto::Udp)).unwrap();
-    kc.add_service(dns(Proto::Tcp)).unwrap();
+    let dns_ip = kube_dns_ip();
+    for svc in kube_dns_services(&pods) {
+        kc.add_service(svc).unwrap();
+    }
     for node in kc.nodes() {
         node.netns.serve(Proto::Tcp, 10250).unwrap();
     }
@@ -360,7 +260,7 @@ fn egress_db_dns_example_lets_the_api_pods_reach_only_the_database_and_the_clust
         Outcome::Connected,
     );
 
-    assert_eq!(apply_kind(&kc, &policies, "NetworkPolicy"), 1);
+    assert_eq!(apply_kind(&kc, &policies, "NetworkPolicy").unwrap(), 1);
     kc.wait_watched("networkpolicy", 1, WAIT).unwrap();
     until_blocked(api, Proto::Tcp, sock(other.ips[0], 8080));
 
@@ -372,7 +272,13 @@ fn egress_db_dns_example_lets_the_api_pods_reach_only_the_database_and_the_clust
         "egress-db-dns",
         &[
             // The README's table.
-            cell(api, Proto::Tcp, sock(db_ip, 5432), "database", Connected),
+            cell(
+                api,
+                Proto::Tcp,
+                sock(db_ip, DATABASE_PORT),
+                "database",
+                Connected,
+            ),
             cell(
                 api,
                 Proto::Udp,
@@ -423,7 +329,7 @@ fn egress_db_dns_example_lets_the_api_pods_reach_only_the_database_and_the_clust
             cell(
                 api,
                 Proto::Tcp,
-                sock(IpAddr::V4(db.ipv4), 5432),
+                sock(IpAddr::V4(db.ipv4), DATABASE_PORT),
                 "db host, other address",
                 Blocked,
             ),
@@ -439,7 +345,13 @@ fn egress_db_dns_example_lets_the_api_pods_reach_only_the_database_and_the_clust
             // Nothing limits who connects to api, nor what batch does.
             cell(other, Proto::Tcp, at(api, 8080), "api", Connected),
             cell(batch, Proto::Tcp, at(api, 8080), "api", Connected),
-            cell(batch, Proto::Tcp, sock(db_ip, 5432), "database", Connected),
+            cell(
+                batch,
+                Proto::Tcp,
+                sock(db_ip, DATABASE_PORT),
+                "database",
+                Connected,
+            ),
             cell(
                 batch,
                 Proto::Tcp,

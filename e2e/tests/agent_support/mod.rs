@@ -9,7 +9,6 @@
 #![allow(dead_code)] // each test file uses part of it
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nftpol_e2e::kube_cluster::{KubeCluster, KubeClusterBuilder};
@@ -82,20 +81,6 @@ pub fn figure(name: &str, value: impl std::fmt::Display) {
 /// Milliseconds since `t`.
 pub fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-/// The documents of a YAML manifest file of the repository (path relative to the workspace).
-pub fn manifests(relative: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-        .into_iter()
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 /// The lines of an `nft -a list table` that carry a handle (table, chains, sets, rules), with
@@ -209,23 +194,13 @@ pub fn cell<'a>(
 
 /// Runs every cell's probe concurrently and panics listing every mismatch.
 pub fn expect_all(title: &str, cells: &[Cell<'_>]) {
-    let results: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = cells
-            .iter()
-            .map(|c| {
-                s.spawn(move || {
-                    probe_detailed(
-                        c.from.netns(),
-                        &Probe::new(c.proto, c.to.ip(), c.to.port(), PROBE),
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
+    let sources: Vec<&nftpol_e2e::Netns> = cells.iter().map(|c| c.from.netns()).collect();
+    let probes: Vec<(usize, Probe)> = cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, Probe::new(c.proto, c.to.ip(), c.to.port(), PROBE)))
+        .collect();
+    let results = nftpol_e2e::run_probes(&sources, &probes);
     let mut report = String::new();
     let mut bad = 0;
     for (c, r) in cells.iter().zip(&results) {
