@@ -47,6 +47,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Sorts the samples and returns the middle one.
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -161,16 +167,12 @@ fn main() {
             cs.elements, cs.rules, cs.chains, cs.sets, cs.isolated_pods, cs.peer_groups
         );
         println!("   first transaction: {ts}");
-        compile_t.sort();
-        let compile_med = compile_t[compile_t.len() / 2];
+        let compile_med = median(&mut compile_t);
         println!("   compile (objects -> table): {:.1} ms", ms(compile_med));
         if !apply_t.is_empty() {
-            apply_t.sort();
-            nft_t.sort();
-            text_t.sort();
-            let apply_med = apply_t[apply_t.len() / 2];
-            let nft_med = nft_t[nft_t.len() / 2];
-            let text_med = text_t[text_t.len() / 2];
+            let apply_med = median(&mut apply_t);
+            let nft_med = median(&mut nft_t);
+            let text_med = median(&mut text_t);
             let full = compile_med + apply_med;
             let via_nft = compile_med + text_med + nft_med;
             println!(
