@@ -371,6 +371,35 @@ fn every_variant() -> Table {
             accept(),
         ),
         r(
+            vec![
+                Match::CtState(CtStates::ESTABLISHED.union(CtStates::RELATED)),
+                Match::TcpFlags {
+                    mask: tcp_flags::SYN | tcp_flags::ACK,
+                    value: tcp_flags::SYN,
+                    negate: true,
+                },
+            ],
+            accept(),
+        ),
+        r(
+            vec![
+                Match::TcpFlags {
+                    mask: tcp_flags::FIN | tcp_flags::SYN | tcp_flags::RST | tcp_flags::ACK,
+                    value: tcp_flags::SYN | tcp_flags::ACK,
+                    negate: false,
+                },
+                cmp(Field::IpDaddr, v4("10.0.0.1")),
+            ],
+            Action::Verdict(Verdict::Drop),
+        ),
+        r(
+            vec![
+                Match::CtState(CtStates::ESTABLISHED),
+                ncmp(Field::L4Proto, KeyPart::Proto(6)),
+            ],
+            accept(),
+        ),
+        r(
             vec![Match::CtState(CtStates::INVALID)],
             Action::Verdict(Verdict::Drop),
         ),

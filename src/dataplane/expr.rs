@@ -42,6 +42,8 @@ pub(crate) const NFT_META_OIFNAME: u32 = 7;
 pub(crate) const NFT_META_NFPROTO: u32 = 15;
 pub(crate) const NFT_META_L4PROTO: u32 = 16;
 pub(crate) const NFT_CT_STATE: u32 = 0;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFFSET: u32 = 13;
 pub(crate) const NFT_LOOKUP_F_INV: u32 = 1;
 pub(crate) const NFT_BYTEORDER_HTON: u32 = 1;
 pub(crate) const NF_DROP: i32 = 0;
@@ -349,6 +351,35 @@ pub(crate) fn encode_rule(
                 });
                 out.push(cmp(NFT_CMP_NEQ, Data::from_fixed([0u8; 4])));
             }
+            Match::TcpFlags {
+                mask,
+                value,
+                negate,
+            } => {
+                if ctx.l4 != Some(proto::TCP) {
+                    out.push(Expr::Meta {
+                        key: NFT_META_L4PROTO,
+                        dreg: NFT_REG_1,
+                    });
+                    out.push(cmp(NFT_CMP_EQ, Data::from_fixed([proto::TCP])));
+                    ctx.l4 = Some(proto::TCP);
+                }
+                out.push(Expr::Payload {
+                    base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                    offset: TCP_FLAGS_OFFSET,
+                    len: 1,
+                    dreg: NFT_REG_1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: NFT_REG_1,
+                    dreg: NFT_REG_1,
+                    len: 1,
+                    mask: Data::from_fixed([*mask]),
+                    xor: Data::from_fixed([0u8]),
+                });
+                let op = if *negate { NFT_CMP_NEQ } else { NFT_CMP_EQ };
+                out.push(cmp(op, Data::from_fixed([*value])));
+            }
             Match::Cmp {
                 field,
                 negate,
@@ -546,6 +577,31 @@ pub(crate) fn decode_rule(
                 matches.push(Match::CtState(CtStates(bits)));
                 i += 3;
             }
+            Expr::Payload {
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: TCP_FLAGS_OFFSET,
+                len: 1,
+                dreg: NFT_REG_1,
+            } => {
+                let (Some(Expr::Bitwise { mask, xor, .. }), Some(Expr::Cmp { op, data, .. })) =
+                    (at(i + 1), at(i + 2))
+                else {
+                    return None;
+                };
+                let (&[mask], &[0], &[value]) = (mask.as_slice(), xor.as_slice(), data.as_slice())
+                else {
+                    return None;
+                };
+                if counter || (*op != NFT_CMP_EQ && *op != NFT_CMP_NEQ) {
+                    return None;
+                }
+                matches.push(Match::TcpFlags {
+                    mask,
+                    value,
+                    negate: *op == NFT_CMP_NEQ,
+                });
+                i += 3;
+            }
             Expr::Counter => {
                 if counter {
                     return None;
@@ -622,7 +678,7 @@ pub(crate) fn decode_rule(
             .flat_map(|m| match m {
                 Match::Cmp { field, .. } => vec![*field],
                 Match::Lookup { key, .. } => key.clone(),
-                Match::CtState(_) => vec![],
+                Match::CtState(_) | Match::TcpFlags { .. } => vec![],
             })
             .chain(match &action {
                 Action::VMap { key, .. } => key.clone(),
@@ -644,6 +700,13 @@ pub(crate) fn decode_rule(
                 negate: false,
                 value: KeyPart::Proto(proto::ICMPV6),
             } => later.contains(&Field::Icmpv6Type),
+            Match::Cmp {
+                field: Field::L4Proto,
+                negate: false,
+                value: KeyPart::Proto(proto::TCP),
+            } => matches[idx + 1..]
+                .iter()
+                .any(|m| matches!(m, Match::TcpFlags { .. })),
             _ => false,
         };
         if !implicit {
@@ -901,6 +964,28 @@ mod tests {
             vec![Match::CtState(
                 CtStates::ESTABLISHED.union(CtStates::RELATED),
             )],
+            acc.clone(),
+        ));
+        roundtrip(Rule::new(
+            vec![
+                Match::CtState(CtStates::ESTABLISHED.union(CtStates::RELATED)),
+                Match::TcpFlags {
+                    mask: 0x12,
+                    value: 0x02,
+                    negate: true,
+                },
+            ],
+            acc.clone(),
+        ));
+        roundtrip(Rule::new(
+            vec![
+                Match::TcpFlags {
+                    mask: 0x17,
+                    value: 0x12,
+                    negate: false,
+                },
+                cmp(Field::IpDaddr, false, ip("10.0.0.2")),
+            ],
             acc.clone(),
         ));
         roundtrip(

@@ -762,7 +762,7 @@ fn is_v6_field(f: Field) -> bool {
 /// The fields a match (or, past the last match, the vmap action) reads, in order.
 fn match_fields(m: &Match) -> &[Field] {
     match m {
-        Match::CtState(_) => &[],
+        Match::CtState(_) | Match::TcpFlags { .. } => &[],
         Match::Cmp { field, .. } => std::slice::from_ref(field),
         Match::Lookup { key, .. } => key,
     }
@@ -802,6 +802,26 @@ pub(crate) fn check_rule_shape(rule: &Rule) -> Result<(), String> {
                     .union(CtStates::UNTRACKED);
                 if s.0 == 0 || s.0 & !known.0 != 0 {
                     return Err(format!("ct state bits {:#x} are empty or unknown", s.0));
+                }
+            }
+            Match::TcpFlags { mask, value, .. } => {
+                // The shapes nft lists as `tcp flags [!=] <value> / <mask>`.
+                if mask.count_ones() < 2 || *value == 0 || value & !mask != 0 {
+                    return Err(format!(
+                        "tcp flags {value:#04x} / {mask:#04x}: the mask needs two bits or more, \
+                         the value some bits of the mask"
+                    ));
+                }
+                // `tcp flags` implies `meta l4proto tcp`; nft folds or drops protocol checks
+                // and prints later ports as `tcp dport`.
+                if flat
+                    .iter()
+                    .any(|f| matches!(f, Field::L4Proto | Field::ThDport | Field::Icmpv6Type))
+                {
+                    return Err(
+                        "tcp flags cannot share a rule with meta l4proto, th dport or icmpv6 type"
+                            .into(),
+                    );
                 }
             }
             Match::Cmp {
@@ -1405,6 +1425,38 @@ mod tests {
                 cmp(Field::IpSaddr, ip("1.2.3.4")),
                 cmp(Field::ThDport, KeyPart::Port(80)),
             ],
+            // tcp flags: nft lists these in other shapes, or folds the protocol away.
+            vec![Match::TcpFlags {
+                mask: 0x02,
+                value: 0x02,
+                negate: false,
+            }],
+            vec![Match::TcpFlags {
+                mask: 0x12,
+                value: 0x00,
+                negate: false,
+            }],
+            vec![Match::TcpFlags {
+                mask: 0x12,
+                value: 0x01,
+                negate: false,
+            }],
+            vec![
+                Match::TcpFlags {
+                    mask: 0x12,
+                    value: 0x02,
+                    negate: false,
+                },
+                cmp(Field::L4Proto, KeyPart::Proto(6)),
+            ],
+            vec![
+                Match::TcpFlags {
+                    mask: 0x12,
+                    value: 0x02,
+                    negate: false,
+                },
+                cmp(Field::ThDport, KeyPart::Port(80)),
+            ],
         ];
         for m in bad {
             let r = Rule::new(m.clone(), Action::Verdict(Verdict::Accept));
@@ -1414,6 +1466,19 @@ mod tests {
             vec![
                 cmp(Field::L4Proto, KeyPart::Proto(6)),
                 cmp(Field::ThDport, KeyPart::Port(80)),
+            ],
+            Action::Verdict(Verdict::Accept),
+        );
+        check_rule_shape(&good).unwrap();
+        let good = Rule::new(
+            vec![
+                Match::CtState(CtStates::ESTABLISHED),
+                Match::TcpFlags {
+                    mask: 0x12,
+                    value: 0x02,
+                    negate: true,
+                },
+                cmp(Field::IpSaddr, ip("1.2.3.4")),
             ],
             Action::Verdict(Verdict::Accept),
         );

@@ -255,6 +255,10 @@ pub enum Match {
         set: SetRef,
         negate: bool,
     },
+    /// `tcp flags [!=] <value> / <mask>`: the TCP flags byte, masked, equals (or differs
+    /// from) `value`. Implies `meta l4proto tcp`: a packet of another protocol never
+    /// matches, negated or not. Bits are [`tcp_flags`].
+    TcpFlags { mask: u8, value: u8, negate: bool },
 }
 
 /// Conntrack states as a bit set, in the kernel's bit order.
@@ -425,6 +429,29 @@ pub mod proto {
     pub const UDP: u8 = 17;
     pub const ICMPV6: u8 = 58;
     pub const SCTP: u8 = 132;
+}
+
+/// TCP header flag bits (`tcp flags`), in the kernel's bit order (the order nft prints them).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECN: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+    /// nft's names, bit by bit.
+    pub const NAMES: [(u8, &str); 8] = [
+        (FIN, "fin"),
+        (SYN, "syn"),
+        (RST, "rst"),
+        (PSH, "psh"),
+        (ACK, "ack"),
+        (URG, "urg"),
+        (ECN, "ecn"),
+        (CWR, "cwr"),
+    ];
 }
 
 /// `meta nfproto` values.

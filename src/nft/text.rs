@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::model::{
     Action, BaseChain, Chain, ChainPolicy, CtStates, Field, Hook, Key, KeyPart, Match, Rule, Set,
-    SetRef, Table, Verdict, proto,
+    SetRef, Table, Verdict, proto, tcp_flags,
 };
 
 /// Renders a table as `nft -f` input.
@@ -171,7 +171,7 @@ pub fn write_rule(rule: &Rule, out: &mut impl Write) -> fmt::Result {
         match rule.matches.get(i) {
             Some(Match::Cmp { field, .. }) => Some(std::slice::from_ref(field)),
             Some(Match::Lookup { key, .. }) => Some(key),
-            Some(Match::CtState(_)) => None,
+            Some(Match::CtState(_) | Match::TcpFlags { .. }) => None,
             None => match &rule.action {
                 Action::VMap { key, .. } => Some(key),
                 _ => None,
@@ -231,6 +231,21 @@ fn write_match(m: &Match, l4: Option<&str>, out: &mut impl Write) -> fmt::Result
             out.write_str("ct state ")?;
             write_ct_states(*states, out)
         }
+        Match::TcpFlags {
+            mask,
+            value,
+            negate,
+        } => {
+            // nft's listing form (`diff::check_rule_shape` keeps to the shapes it prints so).
+            out.write_str(if *negate {
+                "tcp flags != "
+            } else {
+                "tcp flags "
+            })?;
+            write_tcp_flags(*value, out)?;
+            out.write_str(" / ")?;
+            write_tcp_flags(*mask, out)
+        }
         Match::Cmp {
             field,
             negate,
@@ -273,6 +288,17 @@ fn write_ct_states(states: CtStates, out: &mut impl Write) -> fmt::Result {
     let mut sep = "";
     for (bit, name) in CT_STATE_NAMES {
         if states.0 & bit.0 != 0 {
+            write!(out, "{sep}{name}")?;
+            sep = ",";
+        }
+    }
+    Ok(())
+}
+
+fn write_tcp_flags(bits: u8, out: &mut impl Write) -> fmt::Result {
+    let mut sep = "";
+    for (bit, name) in tcp_flags::NAMES {
+        if bits & bit != 0 {
             write!(out, "{sep}{name}")?;
             sep = ",";
         }

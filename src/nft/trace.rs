@@ -39,7 +39,7 @@ use thiserror::Error;
 
 use super::model::{
     Action, Chain, ChainPolicy, CtStates, Field, Hook, Key, KeyPart, KeyType, Match, Name, Rule,
-    Set, SetRef, Table, Verdict, nfproto, proto,
+    Set, SetRef, Table, Verdict, nfproto, proto, tcp_flags,
 };
 
 /// Deepest chain nesting the kernel accepts (`NFT_JUMP_STACK_SIZE`): a chain reached through
@@ -92,6 +92,9 @@ pub struct Packet {
     /// ICMPv6 type, for ICMPv6 packets.
     pub icmpv6_type: Option<u8>,
     pub ct_state: CtState,
+    /// TCP flags of the segment (`tcp flags`), for TCP packets: a SYN for a new connection
+    /// and an ACK for a tracked one unless set otherwise ([`Packet::tcp_flags`]).
+    pub tcp_flags: Option<u8>,
     /// Input interface; `None` where the hook has none (output).
     pub iifname: Option<String>,
     /// Output interface; `None` where the hook has none yet (prerouting, input).
@@ -108,6 +111,7 @@ impl Packet {
             dport,
             icmpv6_type: None,
             ct_state: CtState::New,
+            tcp_flags: (l4proto == proto::TCP).then_some(tcp_flags::SYN),
             iifname: None,
             oifname: None,
         }
@@ -141,8 +145,27 @@ impl Packet {
         }
     }
 
+    /// Sets the conntrack state; a TCP packet becomes a SYN for [`CtState::New`] and an ACK
+    /// for any other state (set other flags afterwards with [`Packet::tcp_flags`]).
     pub fn ct(mut self, state: CtState) -> Self {
         self.ct_state = state;
+        if self.tcp_flags.is_some() {
+            self.tcp_flags = Some(if state == CtState::New {
+                tcp_flags::SYN
+            } else {
+                tcp_flags::ACK
+            });
+        }
+        self
+    }
+
+    /// Sets the TCP flags (ignored unless the packet is TCP). A SYN whose conntrack state is
+    /// established is what conntrack lets through when a client reuses the ports of a
+    /// connection it still tracks.
+    pub fn tcp_flags(mut self, flags: u8) -> Self {
+        if self.l4proto == proto::TCP {
+            self.tcp_flags = Some(flags);
+        }
         self
     }
 
@@ -562,6 +585,13 @@ fn eval_rule(
 fn eval_match(table: &Table, m: &Match, packet: &Packet, at: At<'_>) -> Result<bool, TraceError> {
     match m {
         Match::CtState(states) => Ok(states.0 & packet.ct_state.bits().0 != 0),
+        Match::TcpFlags {
+            mask,
+            value,
+            negate,
+        } => Ok(packet
+            .tcp_flags
+            .is_some_and(|f| (f & mask == *value) != *negate)),
         Match::Cmp {
             field,
             negate,
@@ -954,6 +984,45 @@ mod tests {
         assert!(run(&t, &p.clone().ct(CtState::Established)).accepted());
         assert!(run(&t, &p.clone().ct(CtState::Related)).accepted());
         assert_eq!(run(&t, &p.ct(CtState::Invalid)).verdict, Final::Drop);
+    }
+
+    #[test]
+    fn tcp_flags_match_tcp_packets_only_even_negated() {
+        let not_bare_syn = Match::TcpFlags {
+            mask: tcp_flags::SYN | tcp_flags::ACK,
+            value: tcp_flags::SYN,
+            negate: true,
+        };
+        let t = table(
+            vec![base(
+                "forward",
+                Hook::Forward,
+                0,
+                ChainPolicy::Drop,
+                vec![Rule::new(
+                    vec![
+                        Match::CtState(CtStates::ESTABLISHED.union(CtStates::RELATED)),
+                        not_bare_syn,
+                    ],
+                    accept(),
+                )],
+            )],
+            vec![],
+        );
+        let p = tcp("10.0.0.1", "10.0.0.2", 80).ct(CtState::Established);
+        assert_eq!(p.tcp_flags, Some(tcp_flags::ACK));
+        assert!(run(&t, &p).accepted(), "an ACK of a tracked connection");
+        let synack = p.clone().tcp_flags(tcp_flags::SYN | tcp_flags::ACK);
+        assert!(run(&t, &synack).accepted(), "a SYN-ACK");
+        let syn = p.clone().tcp_flags(tcp_flags::SYN);
+        assert_eq!(run(&t, &syn).verdict, Final::Drop, "a bare SYN");
+        let new = tcp("10.0.0.1", "10.0.0.2", 80);
+        assert_eq!(new.tcp_flags, Some(tcp_flags::SYN));
+        // Negated or not, a non-TCP packet never matches `tcp flags`.
+        let udp = Packet::udp(ip("10.0.0.1"), ip("10.0.0.2"), 53).ct(CtState::Established);
+        assert_eq!(udp.tcp_flags, None);
+        assert_eq!(udp.clone().tcp_flags(tcp_flags::ACK).tcp_flags, None);
+        assert_eq!(run(&t, &udp).verdict, Final::Drop);
     }
 
     #[test]
