@@ -133,7 +133,7 @@ pub use process::Process;
 pub use service::Service;
 pub use traffic::{
     Endpoint, Flood, FloodReport, Outcome, Probe, ProbeResult, Proto, Received, Server, probe,
-    probe_detailed, send_spoofed_udp, spoof_probe,
+    probe_detailed, send_bare_syn, send_spoofed_udp, spoof_probe,
 };
 
 /// Whether we run as root (kernel tests need it).

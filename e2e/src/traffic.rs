@@ -389,6 +389,71 @@ pub fn send_spoofed_udp(
     })
 }
 
+/// Sends one bare TCP SYN (no ACK, no options, window 64240) from `from` with source `src`
+/// (address and port, an address of the namespace) to `to`, through a raw socket: no socket of
+/// the namespace owns the connection, so the kernel neither retransmits nor completes it. This
+/// is what a client reopening a connection from the same port sends, and conntrack may still
+/// track the old connection. Count what arrives on the receiving side (an nft counter there).
+pub fn send_bare_syn(
+    from: &Netns,
+    src: SocketAddr,
+    to: SocketAddr,
+    seq: u32,
+) -> Result<(), NetnsError> {
+    let name = from.name().to_string();
+    from.run(|| {
+        let domain = Domain::for_address(to);
+        let socket = Socket::new(domain, Type::RAW, Some(Protocol::TCP))?;
+        socket.bind(&SockAddr::from(SocketAddr::new(src.ip(), 0)))?;
+        let segment = tcp_syn_segment(src, to, seq)
+            .ok_or_else(|| io::Error::other("source and destination families differ"))?;
+        // Raw IPv4 and IPv6 sockets take the port field as 0 (the protocol is the socket's).
+        socket
+            .send_to(&segment, &SockAddr::from(SocketAddr::new(to.ip(), 0)))
+            .map(drop)
+    })?
+    .map_err(|source| NetnsError::Io {
+        name,
+        what: format!("sending a bare SYN {src} -> {to}"),
+        source,
+    })
+}
+
+/// A 20-byte TCP header with only SYN set and its checksum over the pseudo-header.
+fn tcp_syn_segment(src: SocketAddr, dst: SocketAddr, seq: u32) -> Option<[u8; 20]> {
+    let mut h = [0u8; 20];
+    h[0..2].copy_from_slice(&src.port().to_be_bytes());
+    h[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[12] = 5 << 4; // data offset: 5 words, no options
+    h[13] = 0x02; // SYN
+    h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(40 + h.len());
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            pseudo.extend_from_slice(&a.octets());
+            pseudo.extend_from_slice(&b.octets());
+            pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            pseudo.extend_from_slice(&a.octets());
+            pseudo.extend_from_slice(&b.octets());
+            pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, 6]);
+        }
+        _ => return None,
+    }
+    pseudo.extend_from_slice(&h);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    Some(h)
+}
+
 /// Whether a UDP datagram sent from `from` with forged source `forged` reaches the UDP server
 /// that `to` runs on `port` (started with [`Netns::serve`]) at address `to_ip`.
 /// [`Outcome::Connected`] means it arrived there with that source.

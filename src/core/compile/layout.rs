@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use crate::core::policy::Direction;
 use crate::nft::model::{
     Action, AnonSet, BaseChain, Chain, ChainPolicy, CtStates, Field, Hook, Key, KeyPart, KeyType,
-    Match, NAME_MAX, Name, Rule, Set, SetRef, Verdict, icmpv6,
+    Match, NAME_MAX, Name, Rule, Set, SetRef, Verdict, icmpv6, proto, tcp_flags,
 };
 
 /// IP family of an address, a map or a rule.
@@ -351,10 +351,34 @@ pub fn skeleton(table: &str) -> crate::nft::model::Table {
 /// chain (rules for big peer groups, then a counted drop).
 fn direction_chain_rules(dir: Direction) -> Chain {
     let mut c = Chain::regular(direction_chain(dir));
+    // Packets of tracked connections pass, except a bare SYN: conntrack lets a SYN through as
+    // `established` when it reuses the addresses and ports of a connection conntrack still
+    // tracks (its entry outlived the endpoints, or the client reopens from the same port).
+    // That is a new connection, and the policy in force now must decide on it.
+    let tracked = CtStates::ESTABLISHED.union(CtStates::RELATED);
+    c.rules.push(
+        Rule::new(
+            vec![
+                Match::CtState(tracked),
+                Match::TcpFlags {
+                    mask: tcp_flags::SYN | tcp_flags::ACK,
+                    value: tcp_flags::SYN,
+                    negate: true,
+                },
+            ],
+            Action::Verdict(Verdict::Accept),
+        )
+        .comment("tracked connections; a bare SYN meets the policy"),
+    );
     c.rules.push(Rule::new(
-        vec![Match::CtState(
-            CtStates::ESTABLISHED.union(CtStates::RELATED),
-        )],
+        vec![
+            Match::CtState(tracked),
+            Match::Cmp {
+                field: Field::L4Proto,
+                negate: true,
+                value: KeyPart::Proto(proto::TCP),
+            },
+        ],
         Action::Verdict(Verdict::Accept),
     ));
     c.rules.push(Rule::new(
