@@ -267,7 +267,14 @@ fn a_table_deleted_flushed_or_altered_by_hand_is_restored_and_the_denied_flow_de
         assert_eq!(
             flood.successes_before(tampered),
             0,
-            "denied before the tampering"
+            "table {what}: the denied flow connected before the tampering, at ms {:?} after \
+             the flood started (tampering at {:.1} ms)",
+            flood
+                .successes
+                .iter()
+                .map(|t| format!("{:.1}", ms_between(flood.started, *t)))
+                .collect::<Vec<_>>(),
+            ms_between(flood.started, tampered)
         );
         let failed = logs[0].other_than(Outcome::Connected);
         assert!(

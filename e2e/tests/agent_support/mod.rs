@@ -83,6 +83,15 @@ pub fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// Milliseconds from `a` to `b` (negative when `b` is earlier).
+pub fn ms_between(a: Instant, b: Instant) -> f64 {
+    if b >= a {
+        (b - a).as_secs_f64() * 1e3
+    } else {
+        -((a - b).as_secs_f64() * 1e3)
+    }
+}
+
 /// The lines of an `nft -a list table` that carry a handle (table, chains, sets, rules), with
 /// counter values removed: equal before and after means nothing was deleted and re-created.
 pub fn handles(listing: &str) -> Vec<String> {
