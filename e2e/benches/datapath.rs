@@ -4,7 +4,8 @@
 //! connections per second stay at >= 0.9 and throughput at >= 0.95 of the rate without any
 //! nftpol table. The design (ARCHITECTURE.md) promises that: a new connection does a fixed
 //! number of map lookups whatever the number of policies, and established packets stop at the
-//! first rule (`ct state established,related accept`).
+//! first rule (`ct state established,related tcp flags != syn / syn,ack accept`; other
+//! protocols at the second).
 //!
 //! Setup: an IPv4 cluster of the e2e harness (real bridge + host-local CNI, br_netfilter on)
 //! with one node per variant, so that every variant's table is installed once and runs can be
