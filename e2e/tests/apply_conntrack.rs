@@ -125,9 +125,7 @@ fn a_held_connection_survives_a_tightened_policy_but_a_new_syn_on_its_ports_meet
     let fx = Fixture::new("ap-ct");
     // (client, family): same-node IPv4, cross-node IPv6.
     let cases = [("x/c", Family::V4, "v4"), ("y/a", Family::V6, "v6")];
-    let server = ip(&fx, "x/a", Family::V4);
-    let server6 = ip(&fx, "x/a", Family::V6);
-    let to = |f: Family| SocketAddr::new(if f == Family::V4 { server } else { server6 }, 80);
+    let to = |f: Family| SocketAddr::new(ip(&fx, "x/a", f), 80);
     let from = |client: &str, f: Family, port: u16| SocketAddr::new(ip(&fx, client, f), port);
 
     // Count bare SYNs arriving at x/a per client, and SYN-ACKs arriving back at each client.
@@ -135,10 +133,8 @@ fn a_held_connection_survives_a_tightened_policy_but_a_new_syn_on_its_ports_meet
         "table inet synprobe {\n chain input {\n  type filter hook input priority 0; policy accept;\n",
     );
     for (client, f, tag) in cases {
-        let (l3, src) = match f {
-            Family::V4 => ("ip", from(client, f, 0).ip()),
-            Family::V6 => ("ip6", from(client, f, 0).ip()),
-        };
+        let l3 = if f == Family::V4 { "ip" } else { "ip6" };
+        let src = ip(&fx, client, f);
         counting.push_str(&format!(
             "  {l3} saddr {src} tcp dport 80 tcp flags syn / syn,ack counter comment \"syn {tag}\"\n"
         ));

@@ -307,13 +307,20 @@ impl Ctx {
             out.push(cmp(NFT_CMP_EQ, Data::from_fixed([v])));
             self.net = Some(v);
         }
-        if field == Field::Icmpv6Type && self.l4 != Some(proto::ICMPV6) {
+        if field == Field::Icmpv6Type {
+            self.need_l4(proto::ICMPV6, out);
+        }
+    }
+
+    /// The implicit `meta l4proto <p>` check, unless the rule established it already.
+    fn need_l4(&mut self, p: u8, out: &mut Vec<Expr>) {
+        if self.l4 != Some(p) {
             out.push(Expr::Meta {
                 key: NFT_META_L4PROTO,
                 dreg: NFT_REG_1,
             });
-            out.push(cmp(NFT_CMP_EQ, Data::from_fixed([proto::ICMPV6])));
-            self.l4 = Some(proto::ICMPV6);
+            out.push(cmp(NFT_CMP_EQ, Data::from_fixed([p])));
+            self.l4 = Some(p);
         }
     }
 }
@@ -356,14 +363,7 @@ pub(crate) fn encode_rule(
                 value,
                 negate,
             } => {
-                if ctx.l4 != Some(proto::TCP) {
-                    out.push(Expr::Meta {
-                        key: NFT_META_L4PROTO,
-                        dreg: NFT_REG_1,
-                    });
-                    out.push(cmp(NFT_CMP_EQ, Data::from_fixed([proto::TCP])));
-                    ctx.l4 = Some(proto::TCP);
-                }
+                ctx.need_l4(proto::TCP, out);
                 out.push(Expr::Payload {
                     base: NFT_PAYLOAD_TRANSPORT_HEADER,
                     offset: TCP_FLAGS_OFFSET,
