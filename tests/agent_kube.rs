@@ -55,6 +55,20 @@ impl Running {
     fn metrics(&self) -> String {
         self.agent.metrics().encode()
     }
+
+    /// The metrics once they hold every line of `want` (or after [`WAIT`], for the caller's
+    /// assertions to report): the engine counts a sync after the kernel took it, so a test
+    /// that saw the table may read the counters a moment too early.
+    async fn metrics_with(&self, want: &[&str]) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let m = self.metrics();
+            if want.iter().all(|w| m.contains(w)) || start.elapsed() >= WAIT {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 async fn start_with(
@@ -246,7 +260,12 @@ async fn policy_add_update_and_delete_each_send_a_small_transaction() {
         del.stats()
     );
 
-    let m = r.metrics();
+    let m = r
+        .metrics_with(&[
+            "nftpol_enforcement_latency_seconds_count{kind=\"networkpolicy\"} 3",
+            "nftpol_transactions_total{kind=\"incremental\"} 3",
+        ])
+        .await;
     assert!(
         m.contains("nftpol_enforcement_latency_seconds_count{kind=\"networkpolicy\"} 3"),
         "{m}"
@@ -375,7 +394,12 @@ async fn an_invalid_policy_update_posts_one_event_and_keeps_the_last_valid_versi
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(r.api.events().len(), 1, "duplicate event");
     r.converges_to(&objects).await;
-    let m = r.metrics();
+    let m = r
+        .metrics_with(&[
+            "nftpol_rejected_policies 1",
+            "nftpol_invalid_objects_total{kind=\"networkpolicy\"} 2",
+        ])
+        .await;
     assert!(m.contains("nftpol_rejected_policies 1"), "{m}");
     assert!(
         m.contains("nftpol_invalid_objects_total{kind=\"networkpolicy\"} 2"),
@@ -386,7 +410,11 @@ async fn an_invalid_policy_update_posts_one_event_and_keeps_the_last_valid_versi
     r.api.apply(web_policy(9090));
     r.converges_to(&with(standard_cluster(), &[web_policy(9090)]))
         .await;
-    assert!(r.metrics().contains("nftpol_rejected_policies 0"));
+    assert!(
+        r.metrics_with(&["nftpol_rejected_policies 0"])
+            .await
+            .contains("nftpol_rejected_policies 0")
+    );
     r.agent.shutdown().await.expect("shutdown");
 }
 
@@ -429,7 +457,12 @@ async fn a_failed_apply_makes_the_next_sync_a_full_one() {
         r.fake.dumps() > dumps,
         "the recovery did not read the table back"
     );
-    let m = r.metrics();
+    let m = r
+        .metrics_with(&[
+            "nftpol_transaction_failures_total{kind=\"incremental\"} 1",
+            "nftpol_transactions_total{kind=\"full\"} 2",
+        ])
+        .await;
     assert!(
         m.contains("nftpol_transaction_failures_total{kind=\"incremental\"} 1"),
         "{m}"
@@ -468,7 +501,11 @@ async fn a_table_deleted_or_altered_behind_the_agents_back_is_restored() {
         .clear();
     let table = r.converges_to(&objects).await;
     assert!(!tcp_allowed(&table, "10.1.0.12", "10.1.0.10", 8080));
-    assert!(r.metrics().contains("nftpol_kernel_drift_total 2"));
+    assert!(
+        r.metrics_with(&["nftpol_kernel_drift_total 2"])
+            .await
+            .contains("nftpol_kernel_drift_total 2")
+    );
     r.agent.shutdown().await.expect("shutdown");
 }
 
